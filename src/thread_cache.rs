@@ -1,0 +1,323 @@
+//! Per-thread credit: the fast path's private stock of bytes already charged to a budget.
+//!
+//! Each thread has one [`Entry`] per cached registry slot. An entry serves the instance
+//! whose *token* it carries; the token packs the instance's unique id, its credit epoch and
+//! its slot:
+//!
+//! ```text
+//!  63      62 ................ 24  23 ...... 10  9 ..... 0
+//! [ENTERED][ instance id (39 b) ][ epoch (14) ][ slot (10) ]
+//! ```
+//!
+//! The allocator's fast path loads the instance's token once, indexes this thread's entry by
+//! the slot bits and compares tokens: equal means "this credit is this instance's and still
+//! current". Everything else (another instance in a reused slot, an epoch bumped to recall
+//! credit, an entered reservation, a thread still starting or already exiting) fails the
+//! comparison and takes the slow path in `accounting`.
+//!
+//! Storage: a `const`-initialised `thread_local!` without a destructor, so access is a
+//! plain TLS offset and never allocates or registers anything. Returning credit at thread
+//! exit needs a destructor, which lives in a second thread-local that is touched once per
+//! thread (registering it may allocate, so re-entrant calls during registration are sent
+//! down the exact path).
+
+use crate::registry::{self, Post, CACHED_SLOTS};
+use crate::reservation::ReservationState;
+use core::cell::Cell;
+
+/// Token bit layout; see the module docs.
+pub(crate) mod token {
+    pub const SLOT_MASK: u64 = 0x3ff;
+    /// The slot value of an instance without a slot (or not yet registered).
+    pub const NO_SLOT: u64 = SLOT_MASK;
+    pub const EPOCH_SHIFT: u32 = 10;
+    pub const EPOCH_MASK: u64 = 0x3fff << EPOCH_SHIFT;
+    pub const ID_SHIFT: u32 = 24;
+    pub const ID_MASK: u64 = ((1 << 39) - 1) << ID_SHIFT;
+    /// Set on an entry (never on an instance's token) while a reservation is entered.
+    pub const ENTERED: u64 = 1 << 63;
+    /// An instance's token before its first slow-path call.
+    pub const UNREGISTERED: u64 = NO_SLOT;
+
+    pub const fn slot(token: u64) -> usize {
+        (token & SLOT_MASK) as usize
+    }
+
+    pub const fn id(token: u64) -> u64 {
+        (token & ID_MASK) >> ID_SHIFT
+    }
+
+    pub const fn make(id: u64, slot: u64) -> u64 {
+        ((id << ID_SHIFT) & ID_MASK) | (slot & SLOT_MASK)
+    }
+
+    /// The same token with the epoch advanced (wrapping within its 14 bits).
+    pub const fn next_epoch(token: u64) -> u64 {
+        let epoch = (token & EPOCH_MASK).wrapping_add(1 << EPOCH_SHIFT) & EPOCH_MASK;
+        (token & !EPOCH_MASK) | epoch
+    }
+}
+
+/// Which counter an operation bumps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Op {
+    Alloc,
+    Realloc,
+    Dealloc,
+    /// Moves bytes without counting an operation (refunds, reservations).
+    Quiet,
+}
+
+/// Pending counts are published once any of them reaches this, so other threads' `stats()`
+/// lag by at most this many operations per live thread.
+pub(crate) const PUBLISH_EVERY: usize = 4096;
+
+/// One thread's credit for one instance. Only its own thread touches it (plain `Cell`s).
+pub(crate) struct Entry {
+    pub token: Cell<u64>,
+    /// Bytes charged to the instance's budget and not yet spent by this thread.
+    pub credit: Cell<usize>,
+    /// The lowest `credit` since the window opened (for the peak).
+    pub low: Cell<usize>,
+    /// The instance's charge when the window opened.
+    pub base: Cell<usize>,
+    /// The instance's peak generation when the window opened.
+    pub peak_gen: Cell<usize>,
+    pub allocs: Cell<usize>,
+    pub deallocs: Cell<usize>,
+    pub reallocs: Cell<usize>,
+    /// The innermost entered reservation, or null.
+    pub entered: Cell<*const ReservationState>,
+}
+
+impl Entry {
+    const fn new() -> Self {
+        Self {
+            token: Cell::new(0),
+            credit: Cell::new(0),
+            low: Cell::new(0),
+            base: Cell::new(0),
+            peak_gen: Cell::new(0),
+            allocs: Cell::new(0),
+            deallocs: Cell::new(0),
+            reallocs: Cell::new(0),
+            entered: Cell::new(core::ptr::null()),
+        }
+    }
+
+    /// Counts one operation; true when the counts should be published now.
+    #[inline(always)]
+    pub fn count(&self, op: Op) -> bool {
+        let counter = match op {
+            Op::Alloc => &self.allocs,
+            Op::Realloc => &self.reallocs,
+            Op::Dealloc => &self.deallocs,
+            Op::Quiet => return false,
+        };
+        let n = counter.get() + 1;
+        counter.set(n);
+        n >= PUBLISH_EVERY
+    }
+
+    /// The largest usage this thread saw in the current window: the window's base charge
+    /// minus the least credit held since.
+    pub fn peak_candidate(&self) -> usize {
+        self.base.get().saturating_sub(self.low.get())
+    }
+
+    /// Takes the pending counts, leaving zeros.
+    pub fn take_counts(&self) -> (u64, u64, u64) {
+        (
+            self.allocs.replace(0) as u64,
+            self.deallocs.replace(0) as u64,
+            self.reallocs.replace(0) as u64,
+        )
+    }
+
+    /// Forgets everything (the instance it served is gone).
+    pub fn clear(&self, token: u64) {
+        self.token.set(token);
+        self.credit.set(0);
+        self.low.set(0);
+        self.base.set(0);
+        self.allocs.set(0);
+        self.deallocs.set(0);
+        self.reallocs.set(0);
+        self.entered.set(core::ptr::null());
+    }
+
+    /// Tries to spend `size` bytes of credit for `token`: the fast path of `alloc`.
+    #[inline(always)]
+    pub fn try_spend(&self, token: u64, size: usize, op: Op) -> Spent {
+        if self.token.get() != token {
+            return Spent::No;
+        }
+        let credit = self.credit.get();
+        if credit < size {
+            return Spent::No;
+        }
+        let left = credit - size;
+        self.credit.set(left);
+        if left < self.low.get() {
+            self.low.set(left);
+        }
+        if self.count(op) {
+            Spent::YesPublish
+        } else {
+            Spent::Yes
+        }
+    }
+
+    /// Tries to take `size` freed bytes back as credit for `token`: the fast path of
+    /// `dealloc`. Refuses when that would hold more than `hold_max`.
+    #[inline(always)]
+    pub fn try_refund(&self, token: u64, size: usize, op: Op, hold_max: usize) -> Spent {
+        if self.token.get() != token {
+            return Spent::No;
+        }
+        let credit = self.credit.get();
+        if size > hold_max - credit.min(hold_max) {
+            return Spent::No;
+        }
+        self.credit.set(credit + size);
+        if self.count(op) {
+            Spent::YesPublish
+        } else {
+            Spent::Yes
+        }
+    }
+}
+
+/// The outcome of a fast-path attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Spent {
+    /// Not possible here: take the slow path.
+    No,
+    /// Done.
+    Yes,
+    /// Done, and the pending counts should be published.
+    YesPublish,
+}
+
+const FRESH: u8 = 0;
+const REGISTERING: u8 = 1;
+const LIVE: u8 = 2;
+const EXITED: u8 = 3;
+
+/// One thread's entries, one per cached slot.
+pub(crate) struct ThreadCache {
+    entries: [Entry; CACHED_SLOTS],
+    state: Cell<u8>,
+}
+
+impl ThreadCache {
+    const fn new() -> Self {
+        Self {
+            entries: [const { Entry::new() }; CACHED_SLOTS],
+            state: Cell::new(FRESH),
+        }
+    }
+
+    /// The entry for a token's slot, if the slot is a cached one.
+    #[inline(always)]
+    pub fn entry(&self, token: u64) -> Option<&Entry> {
+        self.entries.get(token::slot(token))
+    }
+}
+
+thread_local! {
+    static CACHE: ThreadCache = const { ThreadCache::new() };
+    static EXIT: ExitGuard = const { ExitGuard };
+}
+
+/// Runs `f` on this thread's cache without any set-up: the fast path. Entries of a thread
+/// that has not registered its exit hook hold no tokens, so they simply never match.
+#[inline(always)]
+pub(crate) fn with_cache<R>(f: impl FnOnce(&ThreadCache) -> R) -> R {
+    CACHE.with(f)
+}
+
+/// Runs `f` on this thread's cache if it may hold credit (its exit hook is registered).
+/// `None` while the hook is being registered (a re-entrant call from inside that
+/// registration) and after the thread's exit hook has run.
+pub(crate) fn with_live_cache<R>(f: impl FnOnce(&ThreadCache) -> R) -> Option<R> {
+    CACHE.with(|cache| {
+        match cache.state.get() {
+            LIVE => {}
+            FRESH => {
+                cache.state.set(REGISTERING);
+                // Touching EXIT registers its destructor; that may allocate and re-enter
+                // the allocator, which then sees REGISTERING and takes the exact path.
+                EXIT.with(|_| {});
+                cache.state.set(LIVE);
+            }
+            _ => return None,
+        }
+        Some(f(cache))
+    })
+}
+
+/// Returns every entry's credit and counts through the registry when its thread exits.
+struct ExitGuard;
+
+impl Drop for ExitGuard {
+    fn drop(&mut self) {
+        CACHE.with(|cache| {
+            cache.state.set(EXITED);
+            for (slot, entry) in cache.entries.iter().enumerate() {
+                let token = entry.token.get();
+                if token == 0 {
+                    continue;
+                }
+                let (allocs, deallocs, reallocs) = entry.take_counts();
+                let post = Post {
+                    returned: entry.credit.get(),
+                    added: 0,
+                    allocs,
+                    deallocs,
+                    reallocs,
+                    peak: entry.peak_candidate(),
+                };
+                registry::post(slot, token::id(token), post);
+                entry.clear(0);
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_fields_round_trip() {
+        let t = token::make(12345, 7);
+        assert_eq!((token::id(t), token::slot(t)), (12345, 7));
+        let n = token::next_epoch(t);
+        assert_ne!(n, t);
+        assert_eq!((token::id(n), token::slot(n)), (12345, 7));
+        let mut wrapped = t;
+        for _ in 0..(1 << 14) {
+            wrapped = token::next_epoch(wrapped);
+        }
+        assert_eq!(wrapped, t, "epoch wraps without touching the id");
+        assert_eq!(token::id(t | token::ENTERED), 12345);
+    }
+
+    #[test]
+    fn spend_and_refund_respect_token_and_bounds() {
+        let e = Entry::new();
+        let t = token::make(1, 0);
+        assert_eq!(e.try_spend(t, 1, Op::Alloc), Spent::No);
+        e.token.set(t);
+        e.credit.set(100);
+        e.low.set(100);
+        assert_eq!(e.try_spend(t, 101, Op::Alloc), Spent::No);
+        assert_eq!(e.try_spend(t, 60, Op::Alloc), Spent::Yes);
+        assert_eq!((e.credit.get(), e.low.get(), e.allocs.get()), (40, 40, 1));
+        assert_eq!(e.try_refund(t, 30, Op::Dealloc, 50), Spent::No);
+        assert_eq!(e.try_refund(t, 10, Op::Dealloc, 50), Spent::Yes);
+        assert_eq!((e.credit.get(), e.low.get()), (50, 40));
+        assert_eq!(e.try_spend(token::next_epoch(t), 1, Op::Alloc), Spent::No);
+    }
+}
