@@ -233,7 +233,7 @@ impl PressureThresholds {
     }
 
     /// The inverse of [`to_bits`](Self::to_bits).
-    pub(crate) const fn from_bits(bits: u64) -> Self {
+    pub(crate) fn from_bits(bits: u64) -> Self {
         let p = |shift: u32| ((bits >> shift) & 0xffff) as f64 / 100.0;
         Self {
             medium: p(0),
@@ -241,6 +241,9 @@ impl PressureThresholds {
             critical: p(32),
         }
     }
+
+    /// [`DEFAULT`](Self::DEFAULT) packed by [`to_bits`](Self::to_bits).
+    pub(crate) const DEFAULT_BITS: u64 = 6000 | 8000 << 16 | 9500 << 32;
 }
 
 /// A level with hysteresis: it rises as soon as a threshold is reached, but falls only once
