@@ -1,0 +1,656 @@
+//! What the budget costs: `LimitedAllocator` against the bare allocator it wraps and against
+//! the peer crates `cap` and `stats_alloc`, on the workloads of issue 3.
+//!
+//! Six allocators run every workload side by side: `System`, `LimitedAllocator<System>`,
+//! `cap::Cap<System>`, `stats_alloc::StatsAlloc<System>`, `mimalloc::MiMalloc` and
+//! `LimitedAllocator<MiMalloc>`. One binary cannot install six global allocators, so each
+//! one is a `static` and is called directly:
+//!
+//! - pair workloads call its `GlobalAlloc` methods through one `#[inline(never)]` shim per
+//!   allocator type ([`alloc_via`], [`dealloc_via`], [`realloc_via`]). That is the shape of a
+//!   real program, where `__rust_alloc` is an out-of-line call into the global allocator's
+//!   inlined `alloc`, and it keeps the optimiser from deleting or merging alloc/free pairs.
+//! - collection workloads (`Vec`, `HashMap`) use [`Via`], an `allocator_api2::Allocator`
+//!   over a `&'static` allocator that goes through the same shims.
+//!
+//! After criterion's own report, a driver measures every workload again, the six
+//! allocators interleaved round by round (so the noise of a shared machine falls on all of
+//! them alike), and prints medians and ratios: each allocator against its bare inner
+//! allocator and against `System`. The table follows criterion's name filter;
+//! `OVERHEAD_TABLE=0` skips it, `OVERHEAD_CRITERION=0` skips criterion (table only), and
+//! `OVERHEAD_ROUNDS` sets its rounds (default 15). Under `cargo test` every workload runs once, as a smoke
+//! test.
+//!
+//! Run: `cargo bench --bench overhead` (a few minutes on 2 cores).
+
+use allocator_api2::alloc::{AllocError, Allocator};
+use cap::Cap;
+use criterion::{criterion_group, BenchmarkId, Criterion, SamplingMode};
+use limited_allocator::{LimitedAllocator, PressureLevel};
+use mimalloc::MiMalloc;
+use stats_alloc::StatsAlloc;
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::hint::black_box;
+use std::ptr::NonNull;
+use std::time::{Duration, Instant};
+
+// ---- the allocators ---------------------------------------------------------------------
+
+/// A budget the workloads never reach, so every allocator does the same work; the
+/// LimitedAllocator still runs its full accounting (credit batches are sized from it).
+const LIMIT: usize = 64 << 30;
+
+static SYS: System = System;
+static LIM_SYS: LimitedAllocator<System> = LimitedAllocator::new(System, LIMIT);
+static CAP_SYS: Cap<System> = Cap::new(System, LIMIT);
+static STATS_SYS: StatsAlloc<System> = StatsAlloc::system();
+static MI: MiMalloc = MiMalloc;
+static LIM_MI: LimitedAllocator<MiMalloc> = LimitedAllocator::new(MiMalloc, LIMIT);
+
+const NAMES: [&str; 6] = [
+    "System",
+    "Limited<System>",
+    "cap<System>",
+    "stats_alloc<System>",
+    "mimalloc",
+    "Limited<mimalloc>",
+];
+/// For each allocator, the index of the bare allocator it wraps.
+const INNER: [usize; 6] = [0, 0, 0, 0, 4, 4];
+
+/// One workload on one allocator: runs `iters` iterations and returns the time taken.
+type Run = fn(u64) -> Duration;
+
+/// The six allocators, in [`NAMES`] order, for a workload generic over the allocator.
+macro_rules! six {
+    ($w:ident) => {
+        [
+            (|n| $w(&SYS, n)) as Run,
+            (|n| $w(&LIM_SYS, n)) as Run,
+            (|n| $w(&CAP_SYS, n)) as Run,
+            (|n| $w(&STATS_SYS, n)) as Run,
+            (|n| $w(&MI, n)) as Run,
+            (|n| $w(&LIM_MI, n)) as Run,
+        ]
+    };
+}
+
+// ---- the call shims -----------------------------------------------------------------------
+
+/// `GlobalAlloc::alloc` behind a call, like `__rust_alloc`.
+#[inline(never)]
+fn alloc_via<G: GlobalAlloc>(a: &G, layout: Layout) -> *mut u8 {
+    // SAFETY: every layout used here has a non-zero size (the only precondition).
+    unsafe { a.alloc(layout) }
+}
+
+/// `GlobalAlloc::dealloc` behind a call.
+///
+/// # Safety
+/// `ptr` was returned by `alloc_via(a, layout)` or `realloc_via` on the same `a`, with
+/// this layout, and is not used afterwards.
+#[inline(never)]
+unsafe fn dealloc_via<G: GlobalAlloc>(a: &G, ptr: *mut u8, layout: Layout) {
+    // SAFETY: forwarded from this function's contract.
+    unsafe { a.dealloc(ptr, layout) }
+}
+
+/// `GlobalAlloc::realloc` behind a call.
+///
+/// # Safety
+/// As `GlobalAlloc::realloc` on `a`.
+#[inline(never)]
+unsafe fn realloc_via<G: GlobalAlloc>(a: &G, ptr: *mut u8, layout: Layout, new: usize) -> *mut u8 {
+    // SAFETY: forwarded from this function's contract.
+    unsafe { a.realloc(ptr, layout, new) }
+}
+
+/// An `allocator_api2` allocator over a `&'static GlobalAlloc`, for collections.
+struct Via<G: 'static>(&'static G);
+
+impl<G> Clone for Via<G> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<G> Copy for Via<G> {}
+
+fn dangling(layout: Layout) -> NonNull<[u8]> {
+    // An aligned, non-null address without provenance: valid for zero-sized blocks.
+    let ptr = NonNull::new(layout.align() as *mut u8).expect("alignment is never zero");
+    NonNull::slice_from_raw_parts(ptr, 0)
+}
+
+fn block(ptr: *mut u8, size: usize) -> Result<NonNull<[u8]>, AllocError> {
+    NonNull::new(ptr)
+        .map(|p| NonNull::slice_from_raw_parts(p, size))
+        .ok_or(AllocError)
+}
+
+// SAFETY: blocks come from the wrapped `GlobalAlloc`, which lives for `'static`, so they stay
+// valid until deallocated whatever happens to this handle or its copies; all copies refer to
+// the same allocator, so a block may be freed through any of them. Zero-sized requests never
+// reach the `GlobalAlloc` (which forbids them) and get a dangling, aligned pointer that is
+// never passed back to it. `grow`/`shrink` use `realloc` only when the alignment is unchanged
+// (its precondition) and both sizes are non-zero; otherwise they allocate, copy and free.
+unsafe impl<G: GlobalAlloc> Allocator for Via<G> {
+    fn allocate(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
+        if layout.size() == 0 {
+            return Ok(dangling(layout));
+        }
+        block(alloc_via(self.0, layout), layout.size())
+    }
+
+    unsafe fn deallocate(&self, ptr: NonNull<u8>, layout: Layout) {
+        if layout.size() != 0 {
+            // SAFETY: the caller guarantees `ptr` is a live block of ours with `layout`, and
+            // non-zero blocks came from `alloc_via`/`realloc_via` on `self.0`.
+            unsafe { dealloc_via(self.0, ptr.as_ptr(), layout) }
+        }
+    }
+
+    unsafe fn grow(
+        &self,
+        ptr: NonNull<u8>,
+        old: Layout,
+        new: Layout,
+    ) -> Result<NonNull<[u8]>, AllocError> {
+        if old.size() != 0 && old.align() == new.align() {
+            // SAFETY: `ptr` is a live non-zero block of `self.0` with layout `old` (the
+            // caller's contract), the alignment is unchanged, and `new.size() >= old.size()
+            // > 0` is a valid size for that alignment because `new` is a `Layout`.
+            return block(
+                unsafe { realloc_via(self.0, ptr.as_ptr(), old, new.size()) },
+                new.size(),
+            );
+        }
+        let fresh = self.allocate(new)?;
+        // SAFETY: both blocks are live and distinct; `old.size() <= new.size()` bytes fit.
+        unsafe {
+            core::ptr::copy_nonoverlapping(ptr.as_ptr(), fresh.cast::<u8>().as_ptr(), old.size());
+            self.deallocate(ptr, old);
+        }
+        Ok(fresh)
+    }
+
+    unsafe fn shrink(
+        &self,
+        ptr: NonNull<u8>,
+        old: Layout,
+        new: Layout,
+    ) -> Result<NonNull<[u8]>, AllocError> {
+        if new.size() != 0 && old.align() == new.align() {
+            // SAFETY: as in `grow`; `0 < new.size() <= old.size()`.
+            return block(
+                unsafe { realloc_via(self.0, ptr.as_ptr(), old, new.size()) },
+                new.size(),
+            );
+        }
+        let fresh = self.allocate(new)?;
+        // SAFETY: both blocks are live and distinct; `new.size() <= old.size()` bytes fit.
+        unsafe {
+            core::ptr::copy_nonoverlapping(ptr.as_ptr(), fresh.cast::<u8>().as_ptr(), new.size());
+            self.deallocate(ptr, old);
+        }
+        Ok(fresh)
+    }
+}
+
+// ---- workloads ------------------------------------------------------------------------------
+
+/// A deterministic xorshift stream.
+fn xorshift(seed: u64) -> impl FnMut() -> u64 {
+    let mut s = seed | 1;
+    move || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        s
+    }
+}
+
+/// 1024 small layouts, 16-256 bytes, align 8.
+fn small_layouts() -> &'static [Layout; 1024] {
+    static LAYOUTS: std::sync::OnceLock<[Layout; 1024]> = std::sync::OnceLock::new();
+    LAYOUTS.get_or_init(|| {
+        let mut next = xorshift(0x5eed);
+        core::array::from_fn(|_| {
+            let size = 16 + (next() % 241) as usize;
+            Layout::from_size_align(size, 8).unwrap()
+        })
+    })
+}
+
+/// `iters` alloc+free pairs of 16-256 bytes.
+fn pairs<G: GlobalAlloc>(a: &G, iters: u64) {
+    let layouts = small_layouts();
+    for i in 0..iters {
+        let layout = layouts[i as usize & 1023];
+        let p = alloc_via(a, layout);
+        assert!(!p.is_null());
+        // SAFETY: `p` is a live block of `a` with `layout`, freed once.
+        unsafe { dealloc_via(a, black_box(p), layout) };
+    }
+}
+
+fn small_pairs_1t<G: GlobalAlloc>(a: &'static G, iters: u64) -> Duration {
+    let start = Instant::now();
+    pairs(a, iters);
+    start.elapsed()
+}
+
+/// The same pairs on this thread and a second one at once; wall time until both finish.
+fn small_pairs_2t<G: GlobalAlloc + Sync>(a: &'static G, iters: u64) -> Duration {
+    let ready = std::sync::Barrier::new(2);
+    std::thread::scope(|s| {
+        let other = s.spawn(|| {
+            ready.wait();
+            pairs(a, iters);
+        });
+        ready.wait();
+        let start = Instant::now();
+        pairs(a, iters);
+        other.join().unwrap();
+        start.elapsed()
+    })
+}
+
+/// A `Vec<u8>` grown to 1 MiB in 256-byte appends (about 13 reallocations), then dropped.
+fn vec_growth<G: GlobalAlloc>(a: &'static G, iters: u64) -> Duration {
+    let chunk = [7u8; 256];
+    let start = Instant::now();
+    for _ in 0..iters {
+        let mut v = allocator_api2::vec::Vec::new_in(Via(a));
+        while v.len() < 1 << 20 {
+            v.extend_from_slice(&chunk);
+        }
+        black_box(&v);
+    }
+    start.elapsed()
+}
+
+/// Blocks of 4 KiB-1 MiB (log-uniform), 16 live at a time: each iteration frees the oldest
+/// and allocates a new one.
+fn mixed_large<G: GlobalAlloc>(a: &'static G, iters: u64) -> Duration {
+    const LIVE: usize = 16;
+    let mut next = xorshift(0xb16);
+    let layouts: Vec<Layout> = (0..256)
+        .map(|_| {
+            let shift = 12 + next() % 9; // 4 KiB ..= 1 MiB
+            let size = (1usize << shift) + (next() as usize % (1usize << shift));
+            Layout::from_size_align(size.min(1 << 20), 16).unwrap()
+        })
+        .collect();
+    let mut live: [(*mut u8, Layout); LIVE] = [(core::ptr::null_mut(), layouts[0]); LIVE];
+    let start = Instant::now();
+    for i in 0..iters as usize {
+        let slot = &mut live[i % LIVE];
+        if !slot.0.is_null() {
+            // SAFETY: a live block of `a` with this layout, freed once.
+            unsafe { dealloc_via(a, slot.0, slot.1) };
+        }
+        let layout = layouts[i % layouts.len()];
+        let p = alloc_via(a, layout);
+        assert!(!p.is_null());
+        *slot = (black_box(p), layout);
+    }
+    for (p, layout) in live {
+        if !p.is_null() {
+            // SAFETY: as above.
+            unsafe { dealloc_via(a, p, layout) };
+        }
+    }
+    start.elapsed()
+}
+
+/// A hash map of 200 000 byte-string keys, built and dropped, all in the allocator.
+fn hashmap_200k<G: GlobalAlloc>(a: &'static G, iters: u64) -> Duration {
+    type Key<G> = allocator_api2::vec::Vec<u8, Via<G>>;
+    let start = Instant::now();
+    for _ in 0..iters {
+        let mut map: hashbrown::HashMap<Key<G>, u32, hashbrown::DefaultHashBuilder, Via<G>> =
+            hashbrown::HashMap::with_hasher_in(Default::default(), Via(a));
+        for i in 0..200_000u32 {
+            let mut digits = [0u8; 10];
+            let mut n = i;
+            let mut at = digits.len();
+            loop {
+                at -= 1;
+                digits[at] = b'0' + (n % 10) as u8;
+                n /= 10;
+                if n == 0 {
+                    break;
+                }
+            }
+            let mut key = Key::with_capacity_in(4 + digits.len() - at, Via(a));
+            key.extend_from_slice(b"key-");
+            key.extend_from_slice(&digits[at..]);
+            map.insert(key, i);
+        }
+        black_box(&map);
+    }
+    start.elapsed()
+}
+
+const BLOCKS: usize = 100_000;
+
+/// 100 000 small blocks allocated, then freed in a random order.
+fn random_free<G: GlobalAlloc>(a: &'static G, iters: u64) -> Duration {
+    let layouts = small_layouts();
+    let mut order: Vec<usize> = (0..BLOCKS).collect();
+    let mut next = xorshift(0xf7ee);
+    for i in (1..BLOCKS).rev() {
+        order.swap(i, next() as usize % (i + 1));
+    }
+    let mut ptrs = vec![core::ptr::null_mut::<u8>(); BLOCKS];
+    let start = Instant::now();
+    for _ in 0..iters {
+        for (i, p) in ptrs.iter_mut().enumerate() {
+            *p = alloc_via(a, layouts[i & 1023]);
+            assert!(!p.is_null());
+        }
+        for &i in &order {
+            // SAFETY: each block is freed once, with the layout it was allocated with.
+            unsafe { dealloc_via(a, ptrs[i], layouts[i & 1023]) };
+        }
+    }
+    start.elapsed()
+}
+
+// ---- the budget queries -------------------------------------------------------------------
+
+/// The closest each allocator has to "would `bytes` more fit?" and "how full is it?".
+trait Budget: Sync + 'static {
+    fn fits(&self, bytes: usize) -> bool;
+    fn pressure(&self) -> u8;
+}
+
+impl<A: GlobalAlloc + Sync + 'static> Budget for LimitedAllocator<A> {
+    fn fits(&self, bytes: usize) -> bool {
+        self.check_can_allocate(bytes).is_ok()
+    }
+    fn pressure(&self) -> u8 {
+        self.pressure_level() as u8
+    }
+}
+
+impl Budget for Cap<System> {
+    fn fits(&self, bytes: usize) -> bool {
+        self.remaining() >= bytes
+    }
+    fn pressure(&self) -> u8 {
+        level(self.allocated(), self.limit())
+    }
+}
+
+impl Budget for StatsAlloc<System> {
+    fn fits(&self, bytes: usize) -> bool {
+        let s = self.stats();
+        s.bytes_allocated - s.bytes_deallocated + bytes <= LIMIT
+    }
+    fn pressure(&self) -> u8 {
+        let s = self.stats();
+        level(s.bytes_allocated - s.bytes_deallocated, LIMIT)
+    }
+}
+
+/// GopherFrame's thresholds for the peers without levels.
+fn level(used: usize, limit: usize) -> u8 {
+    let pct = used as f64 * 100.0 / limit as f64;
+    let l = if pct >= 95.0 {
+        PressureLevel::Critical
+    } else if pct >= 80.0 {
+        PressureLevel::High
+    } else if pct >= 60.0 {
+        PressureLevel::Medium
+    } else {
+        PressureLevel::Low
+    };
+    l as u8
+}
+
+fn check_can_allocate<B: Budget>(b: &'static B, iters: u64) -> Duration {
+    let start = Instant::now();
+    for _ in 0..iters {
+        black_box(b.fits(black_box(4096)));
+    }
+    start.elapsed()
+}
+
+fn pressure_level<B: Budget>(b: &'static B, iters: u64) -> Duration {
+    let start = Instant::now();
+    for _ in 0..iters {
+        black_box(black_box(b).pressure());
+    }
+    start.elapsed()
+}
+
+/// The query workloads: only the allocators that keep a count take part.
+macro_rules! budgets {
+    ($w:ident) => {
+        [
+            None,
+            Some((|n| $w(&LIM_SYS, n)) as Run),
+            Some((|n| $w(&CAP_SYS, n)) as Run),
+            Some((|n| $w(&STATS_SYS, n)) as Run),
+            None,
+            Some((|n| $w(&LIM_MI, n)) as Run),
+        ]
+    };
+}
+
+// ---- the suite ----------------------------------------------------------------------------
+
+struct Workload {
+    name: &'static str,
+    /// What one iteration is, for the table.
+    unit: &'static str,
+    runs: [Option<Run>; 6],
+    /// Criterion measurement time and flat sampling for the slow ones.
+    heavy: bool,
+}
+
+fn all(runs: [Run; 6]) -> [Option<Run>; 6] {
+    runs.map(Some)
+}
+
+fn suite() -> Vec<Workload> {
+    vec![
+        Workload {
+            name: "small_pairs_1_thread",
+            unit: "pair",
+            runs: all(six!(small_pairs_1t)),
+            heavy: false,
+        },
+        Workload {
+            name: "small_pairs_2_threads",
+            unit: "pair per thread",
+            runs: all(six!(small_pairs_2t)),
+            heavy: false,
+        },
+        Workload {
+            name: "vec_growth_1MiB",
+            unit: "Vec",
+            runs: all(six!(vec_growth)),
+            heavy: false,
+        },
+        Workload {
+            name: "mixed_4KiB_1MiB",
+            unit: "free+alloc",
+            runs: all(six!(mixed_large)),
+            heavy: false,
+        },
+        Workload {
+            name: "hashmap_200k_keys",
+            unit: "map",
+            runs: all(six!(hashmap_200k)),
+            heavy: true,
+        },
+        Workload {
+            name: "random_free_100k",
+            unit: "100k blocks",
+            runs: all(six!(random_free)),
+            heavy: true,
+        },
+        Workload {
+            name: "check_can_allocate",
+            unit: "call",
+            runs: budgets!(check_can_allocate),
+            heavy: false,
+        },
+        Workload {
+            name: "pressure_level",
+            unit: "call",
+            runs: budgets!(pressure_level),
+            heavy: false,
+        },
+    ]
+}
+
+fn overhead(c: &mut Criterion) {
+    for w in suite() {
+        let mut group = c.benchmark_group(w.name);
+        if w.heavy {
+            group
+                .sampling_mode(SamplingMode::Flat)
+                .sample_size(10)
+                .warm_up_time(Duration::from_millis(300))
+                .measurement_time(Duration::from_secs(2));
+        } else {
+            group
+                .sample_size(20)
+                .warm_up_time(Duration::from_millis(300))
+                .measurement_time(Duration::from_secs(1));
+        }
+        for (name, run) in NAMES.iter().zip(w.runs) {
+            if let Some(run) = run {
+                group.bench_function(BenchmarkId::from_parameter(name), |b| b.iter_custom(run));
+            }
+        }
+        group.finish();
+    }
+}
+
+criterion_group!(benches, overhead);
+
+// ---- the ratio table ----------------------------------------------------------------------
+
+/// Median time per iteration of each allocator, measured interleaved: each round runs every
+/// allocator once (in a rotated order) for a batch sized to take about `target` on `System`.
+fn measure(w: &Workload, rounds: usize, target: Duration) -> [Option<f64>; 6] {
+    let reference = w.runs.iter().flatten().next().expect("a workload has runs");
+    // Calibrate the batch on the first allocator present.
+    let mut iters = 1u64;
+    loop {
+        let t = reference(iters);
+        if t >= target / 4 || iters >= 1 << 40 {
+            let per = t.as_secs_f64() / iters as f64;
+            iters = ((target.as_secs_f64() / per.max(1e-12)) as u64).max(1);
+            break;
+        }
+        iters *= 4;
+    }
+    let mut samples: [Vec<f64>; 6] = Default::default();
+    for round in 0..rounds {
+        for k in 0..6 {
+            let i = (k + round) % 6;
+            if let Some(run) = w.runs[i] {
+                let t = run(iters);
+                samples[i].push(t.as_secs_f64() * 1e9 / iters as f64);
+            }
+        }
+    }
+    samples.map(|mut s| {
+        if s.is_empty() {
+            return None;
+        }
+        s.sort_by(f64::total_cmp);
+        Some(s[s.len() / 2])
+    })
+}
+
+fn fmt_ns(ns: f64) -> String {
+    if ns >= 1e6 {
+        format!("{:.2} ms", ns / 1e6)
+    } else if ns >= 1e3 {
+        format!("{:.2} us", ns / 1e3)
+    } else {
+        format!("{ns:.2} ns")
+    }
+}
+
+fn table(rounds: usize, filter: &str) {
+    println!("\n## Overhead table: median time per iteration, {rounds} interleaved rounds\n");
+    let mut times = Vec::new();
+    print!("| workload | unit |");
+    for n in NAMES {
+        print!(" {n} |");
+    }
+    println!();
+    println!("|---|---|{}", "---:|".repeat(6));
+    for w in suite().into_iter().filter(|w| w.name.contains(filter)) {
+        let target = if w.heavy {
+            Duration::from_millis(60)
+        } else {
+            Duration::from_millis(15)
+        };
+        let m = measure(&w, rounds, target);
+        print!("| {} | {} |", w.name, w.unit);
+        for t in m {
+            match t {
+                Some(ns) => print!(" {} |", fmt_ns(ns)),
+                None => print!(" - |"),
+            }
+        }
+        println!();
+        times.push((w.name, m));
+    }
+
+    println!("\n## Ratios: each wrapper / its bare inner allocator (and / System)\n");
+    println!("| workload | Limited<System> | cap<System> | stats_alloc<System> | mimalloc / System | Limited<mimalloc> / mimalloc | Limited<mimalloc> / System |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}x", a / b),
+        _ => "-".to_string(),
+    };
+    for (name, m) in &times {
+        let vs_inner = |i: usize| ratio(m[i], m[INNER[i]]);
+        println!(
+            "| {name} | {} | {} | {} | {} | {} | {} |",
+            vs_inner(1),
+            vs_inner(2),
+            vs_inner(3),
+            ratio(m[4], m[0]),
+            vs_inner(5),
+            ratio(m[5], m[0]),
+        );
+    }
+    println!("\n(Queries have no bare allocator: compare their nanoseconds in the first table.)\n");
+}
+
+fn main() {
+    let bench_mode = std::env::args().any(|a| a == "--bench");
+    if !bench_mode {
+        // `cargo test --all-targets`: run each workload once on each allocator.
+        for w in suite() {
+            for run in w.runs.into_iter().flatten() {
+                black_box(run(1));
+            }
+        }
+        println!("overhead: 8 workloads smoke-tested on 6 allocators");
+        return;
+    }
+    if std::env::var("OVERHEAD_CRITERION").as_deref() != Ok("0") {
+        benches();
+        Criterion::default().configure_from_args().final_summary();
+    }
+    if std::env::var("OVERHEAD_TABLE").as_deref() != Ok("0") {
+        // The table follows criterion's filter (a substring of the workload's name).
+        let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+        let rounds = std::env::var("OVERHEAD_ROUNDS")
+            .ok()
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(15);
+        table(rounds, filter.as_deref().unwrap_or(""));
+    }
+}
