@@ -7,11 +7,12 @@
 //! one is a `static` and is called directly:
 //!
 //! - pair workloads call its `GlobalAlloc` methods through one `#[inline(never)]` shim per
-//!   allocator type ([`alloc_via`], [`dealloc_via`], [`realloc_via`]). That is the shape of a
-//!   real program, where `__rust_alloc` is an out-of-line call into the global allocator's
-//!   inlined `alloc`, and it keeps the optimiser from deleting or merging alloc/free pairs.
-//! - collection workloads (`Vec`, `HashMap`) use [`Via`], an `allocator_api2::Allocator`
-//!   over a `&'static` allocator that goes through the same shims.
+//!   static ([`alloc_via`], [`dealloc_via`], [`realloc_via`], monomorphised over a [`Pick`]
+//!   that names the static). That is the shape of a real program, where `__rust_alloc` is an
+//!   out-of-line call into the global allocator's inlined `alloc` on a static whose address
+//!   is a constant, and it keeps the optimiser from deleting or merging alloc/free pairs.
+//! - collection workloads (`Vec`, `HashMap`) use [`Via`], a zero-sized
+//!   `allocator_api2::Allocator` (like `std::alloc::Global`) that goes through the same shims.
 //!
 //! After criterion's own report, a driver measures every workload again, the six
 //! allocators interleaved round by round (so the noise of a shared machine falls on all of
@@ -58,19 +59,45 @@ const NAMES: [&str; 6] = [
 /// For each allocator, the index of the bare allocator it wraps.
 const INNER: [usize; 6] = [0, 0, 0, 0, 4, 4];
 
+/// Names one of the statics at the type level, so the shims see a constant address (as
+/// `__rg_alloc` sees the `#[global_allocator]` static).
+trait Pick: 'static {
+    type G: GlobalAlloc + Sync + 'static;
+    fn get() -> &'static Self::G;
+}
+
+macro_rules! pick {
+    ($p:ident, $t:ty, $s:ident) => {
+        struct $p;
+        impl Pick for $p {
+            type G = $t;
+            #[inline(always)]
+            fn get() -> &'static $t {
+                &$s
+            }
+        }
+    };
+}
+pick!(PSys, System, SYS);
+pick!(PLimSys, LimitedAllocator<System>, LIM_SYS);
+pick!(PCapSys, Cap<System>, CAP_SYS);
+pick!(PStatsSys, StatsAlloc<System>, STATS_SYS);
+pick!(PMi, MiMalloc, MI);
+pick!(PLimMi, LimitedAllocator<MiMalloc>, LIM_MI);
+
 /// One workload on one allocator: runs `iters` iterations and returns the time taken.
 type Run = fn(u64) -> Duration;
 
-/// The six allocators, in [`NAMES`] order, for a workload generic over the allocator.
+/// The six allocators, in [`NAMES`] order, for a workload generic over the [`Pick`].
 macro_rules! six {
     ($w:ident) => {
         [
-            (|n| $w(&SYS, n)) as Run,
-            (|n| $w(&LIM_SYS, n)) as Run,
-            (|n| $w(&CAP_SYS, n)) as Run,
-            (|n| $w(&STATS_SYS, n)) as Run,
-            (|n| $w(&MI, n)) as Run,
-            (|n| $w(&LIM_MI, n)) as Run,
+            $w::<PSys> as Run,
+            $w::<PLimSys> as Run,
+            $w::<PCapSys> as Run,
+            $w::<PStatsSys> as Run,
+            $w::<PMi> as Run,
+            $w::<PLimMi> as Run,
         ]
     };
 }
@@ -79,41 +106,45 @@ macro_rules! six {
 
 /// `GlobalAlloc::alloc` behind a call, like `__rust_alloc`.
 #[inline(never)]
-fn alloc_via<G: GlobalAlloc>(a: &G, layout: Layout) -> *mut u8 {
+fn alloc_via<P: Pick>(layout: Layout) -> *mut u8 {
     // SAFETY: every layout used here has a non-zero size (the only precondition).
-    unsafe { a.alloc(layout) }
+    unsafe { P::get().alloc(layout) }
 }
 
 /// `GlobalAlloc::dealloc` behind a call.
 ///
 /// # Safety
-/// `ptr` was returned by `alloc_via(a, layout)` or `realloc_via` on the same `a`, with
-/// this layout, and is not used afterwards.
+/// `ptr` was returned by `alloc_via::<P>(layout)` or `realloc_via::<P>` with this layout,
+/// and is not used afterwards.
 #[inline(never)]
-unsafe fn dealloc_via<G: GlobalAlloc>(a: &G, ptr: *mut u8, layout: Layout) {
+unsafe fn dealloc_via<P: Pick>(ptr: *mut u8, layout: Layout) {
     // SAFETY: forwarded from this function's contract.
-    unsafe { a.dealloc(ptr, layout) }
+    unsafe { P::get().dealloc(ptr, layout) }
 }
 
 /// `GlobalAlloc::realloc` behind a call.
 ///
 /// # Safety
-/// As `GlobalAlloc::realloc` on `a`.
+/// As `GlobalAlloc::realloc` on `P::get()`.
 #[inline(never)]
-unsafe fn realloc_via<G: GlobalAlloc>(a: &G, ptr: *mut u8, layout: Layout, new: usize) -> *mut u8 {
+unsafe fn realloc_via<P: Pick>(ptr: *mut u8, layout: Layout, new: usize) -> *mut u8 {
     // SAFETY: forwarded from this function's contract.
-    unsafe { a.realloc(ptr, layout, new) }
+    unsafe { P::get().realloc(ptr, layout, new) }
 }
 
-/// An `allocator_api2` allocator over a `&'static GlobalAlloc`, for collections.
-struct Via<G: 'static>(&'static G);
+/// An `allocator_api2` allocator over the static `P` names, for collections.
+struct Via<P>(core::marker::PhantomData<P>);
 
-impl<G> Clone for Via<G> {
+impl<P> Via<P> {
+    const NEW: Self = Via(core::marker::PhantomData);
+}
+
+impl<P> Clone for Via<P> {
     fn clone(&self) -> Self {
         *self
     }
 }
-impl<G> Copy for Via<G> {}
+impl<P> Copy for Via<P> {}
 
 fn dangling(layout: Layout) -> NonNull<[u8]> {
     // An aligned, non-null address without provenance: valid for zero-sized blocks.
@@ -127,25 +158,25 @@ fn block(ptr: *mut u8, size: usize) -> Result<NonNull<[u8]>, AllocError> {
         .ok_or(AllocError)
 }
 
-// SAFETY: blocks come from the wrapped `GlobalAlloc`, which lives for `'static`, so they stay
-// valid until deallocated whatever happens to this handle or its copies; all copies refer to
-// the same allocator, so a block may be freed through any of them. Zero-sized requests never
+// SAFETY: blocks come from the `GlobalAlloc` static that `P` names, which lives for
+// `'static`, so they stay valid until deallocated whatever happens to this handle or its
+// copies; all handles of one `P` refer to the same allocator, so a block may be freed through any of them. Zero-sized requests never
 // reach the `GlobalAlloc` (which forbids them) and get a dangling, aligned pointer that is
 // never passed back to it. `grow`/`shrink` use `realloc` only when the alignment is unchanged
 // (its precondition) and both sizes are non-zero; otherwise they allocate, copy and free.
-unsafe impl<G: GlobalAlloc> Allocator for Via<G> {
+unsafe impl<P: Pick> Allocator for Via<P> {
     fn allocate(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
         if layout.size() == 0 {
             return Ok(dangling(layout));
         }
-        block(alloc_via(self.0, layout), layout.size())
+        block(alloc_via::<P>(layout), layout.size())
     }
 
     unsafe fn deallocate(&self, ptr: NonNull<u8>, layout: Layout) {
         if layout.size() != 0 {
             // SAFETY: the caller guarantees `ptr` is a live block of ours with `layout`, and
-            // non-zero blocks came from `alloc_via`/`realloc_via` on `self.0`.
-            unsafe { dealloc_via(self.0, ptr.as_ptr(), layout) }
+            // non-zero blocks came from `alloc_via::<P>`/`realloc_via::<P>`.
+            unsafe { dealloc_via::<P>(ptr.as_ptr(), layout) }
         }
     }
 
@@ -160,7 +191,7 @@ unsafe impl<G: GlobalAlloc> Allocator for Via<G> {
             // caller's contract), the alignment is unchanged, and `new.size() >= old.size()
             // > 0` is a valid size for that alignment because `new` is a `Layout`.
             return block(
-                unsafe { realloc_via(self.0, ptr.as_ptr(), old, new.size()) },
+                unsafe { realloc_via::<P>(ptr.as_ptr(), old, new.size()) },
                 new.size(),
             );
         }
@@ -182,7 +213,7 @@ unsafe impl<G: GlobalAlloc> Allocator for Via<G> {
         if new.size() != 0 && old.align() == new.align() {
             // SAFETY: as in `grow`; `0 < new.size() <= old.size()`.
             return block(
-                unsafe { realloc_via(self.0, ptr.as_ptr(), old, new.size()) },
+                unsafe { realloc_via::<P>(ptr.as_ptr(), old, new.size()) },
                 new.size(),
             );
         }
@@ -222,45 +253,45 @@ fn small_layouts() -> &'static [Layout; 1024] {
 }
 
 /// `iters` alloc+free pairs of 16-256 bytes.
-fn pairs<G: GlobalAlloc>(a: &G, iters: u64) {
+fn pairs<P: Pick>(iters: u64) {
     let layouts = small_layouts();
     for i in 0..iters {
         let layout = layouts[i as usize & 1023];
-        let p = alloc_via(a, layout);
+        let p = alloc_via::<P>(layout);
         assert!(!p.is_null());
-        // SAFETY: `p` is a live block of `a` with `layout`, freed once.
-        unsafe { dealloc_via(a, black_box(p), layout) };
+        // SAFETY: `p` is a live block of `P` with `layout`, freed once.
+        unsafe { dealloc_via::<P>(black_box(p), layout) };
     }
 }
 
-fn small_pairs_1t<G: GlobalAlloc>(a: &'static G, iters: u64) -> Duration {
+fn small_pairs_1t<P: Pick>(iters: u64) -> Duration {
     let start = Instant::now();
-    pairs(a, iters);
+    pairs::<P>(iters);
     start.elapsed()
 }
 
 /// The same pairs on this thread and a second one at once; wall time until both finish.
-fn small_pairs_2t<G: GlobalAlloc + Sync>(a: &'static G, iters: u64) -> Duration {
+fn small_pairs_2t<P: Pick>(iters: u64) -> Duration {
     let ready = std::sync::Barrier::new(2);
     std::thread::scope(|s| {
         let other = s.spawn(|| {
             ready.wait();
-            pairs(a, iters);
+            pairs::<P>(iters);
         });
         ready.wait();
         let start = Instant::now();
-        pairs(a, iters);
+        pairs::<P>(iters);
         other.join().unwrap();
         start.elapsed()
     })
 }
 
 /// A `Vec<u8>` grown to 1 MiB in 256-byte appends (about 13 reallocations), then dropped.
-fn vec_growth<G: GlobalAlloc>(a: &'static G, iters: u64) -> Duration {
+fn vec_growth<P: Pick>(iters: u64) -> Duration {
     let chunk = [7u8; 256];
     let start = Instant::now();
     for _ in 0..iters {
-        let mut v = allocator_api2::vec::Vec::new_in(Via(a));
+        let mut v = allocator_api2::vec::Vec::new_in(Via::<P>::NEW);
         while v.len() < 1 << 20 {
             v.extend_from_slice(&chunk);
         }
@@ -271,7 +302,7 @@ fn vec_growth<G: GlobalAlloc>(a: &'static G, iters: u64) -> Duration {
 
 /// Blocks of 4 KiB-1 MiB (log-uniform), 16 live at a time: each iteration frees the oldest
 /// and allocates a new one.
-fn mixed_large<G: GlobalAlloc>(a: &'static G, iters: u64) -> Duration {
+fn mixed_large<P: Pick>(iters: u64) -> Duration {
     const LIVE: usize = 16;
     let mut next = xorshift(0xb16);
     let layouts: Vec<Layout> = (0..256)
@@ -286,30 +317,30 @@ fn mixed_large<G: GlobalAlloc>(a: &'static G, iters: u64) -> Duration {
     for i in 0..iters as usize {
         let slot = &mut live[i % LIVE];
         if !slot.0.is_null() {
-            // SAFETY: a live block of `a` with this layout, freed once.
-            unsafe { dealloc_via(a, slot.0, slot.1) };
+            // SAFETY: a live block of `P` with this layout, freed once.
+            unsafe { dealloc_via::<P>(slot.0, slot.1) };
         }
         let layout = layouts[i % layouts.len()];
-        let p = alloc_via(a, layout);
+        let p = alloc_via::<P>(layout);
         assert!(!p.is_null());
         *slot = (black_box(p), layout);
     }
     for (p, layout) in live {
         if !p.is_null() {
             // SAFETY: as above.
-            unsafe { dealloc_via(a, p, layout) };
+            unsafe { dealloc_via::<P>(p, layout) };
         }
     }
     start.elapsed()
 }
 
 /// A hash map of 200 000 byte-string keys, built and dropped, all in the allocator.
-fn hashmap_200k<G: GlobalAlloc>(a: &'static G, iters: u64) -> Duration {
-    type Key<G> = allocator_api2::vec::Vec<u8, Via<G>>;
+fn hashmap_200k<P: Pick>(iters: u64) -> Duration {
+    type Key<P> = allocator_api2::vec::Vec<u8, Via<P>>;
     let start = Instant::now();
     for _ in 0..iters {
-        let mut map: hashbrown::HashMap<Key<G>, u32, hashbrown::DefaultHashBuilder, Via<G>> =
-            hashbrown::HashMap::with_hasher_in(Default::default(), Via(a));
+        let mut map: hashbrown::HashMap<Key<P>, u32, hashbrown::DefaultHashBuilder, Via<P>> =
+            hashbrown::HashMap::with_hasher_in(Default::default(), Via::NEW);
         for i in 0..200_000u32 {
             let mut digits = [0u8; 10];
             let mut n = i;
@@ -322,7 +353,7 @@ fn hashmap_200k<G: GlobalAlloc>(a: &'static G, iters: u64) -> Duration {
                     break;
                 }
             }
-            let mut key = Key::with_capacity_in(4 + digits.len() - at, Via(a));
+            let mut key = Key::with_capacity_in(4 + digits.len() - at, Via::NEW);
             key.extend_from_slice(b"key-");
             key.extend_from_slice(&digits[at..]);
             map.insert(key, i);
@@ -335,7 +366,7 @@ fn hashmap_200k<G: GlobalAlloc>(a: &'static G, iters: u64) -> Duration {
 const BLOCKS: usize = 100_000;
 
 /// 100 000 small blocks allocated, then freed in a random order.
-fn random_free<G: GlobalAlloc>(a: &'static G, iters: u64) -> Duration {
+fn random_free<P: Pick>(iters: u64) -> Duration {
     let layouts = small_layouts();
     let mut order: Vec<usize> = (0..BLOCKS).collect();
     let mut next = xorshift(0xf7ee);
@@ -346,12 +377,12 @@ fn random_free<G: GlobalAlloc>(a: &'static G, iters: u64) -> Duration {
     let start = Instant::now();
     for _ in 0..iters {
         for (i, p) in ptrs.iter_mut().enumerate() {
-            *p = alloc_via(a, layouts[i & 1023]);
+            *p = alloc_via::<P>(layouts[i & 1023]);
             assert!(!p.is_null());
         }
         for &i in &order {
             // SAFETY: each block is freed once, with the layout it was allocated with.
-            unsafe { dealloc_via(a, ptrs[i], layouts[i & 1023]) };
+            unsafe { dealloc_via::<P>(ptrs[i], layouts[i & 1023]) };
         }
     }
     start.elapsed()
@@ -629,6 +660,22 @@ fn table(rounds: usize, filter: &str) {
 }
 
 fn main() {
+    // `OVERHEAD_PROBE=small_pairs_1_thread:1:1000000`: run one workload on one allocator
+    // (index into NAMES) for that many iterations and exit, for `valgrind --tool=callgrind`.
+    if let Ok(probe) = std::env::var("OVERHEAD_PROBE") {
+        let mut parts = probe.split(':');
+        let (name, index, iters) = (parts.next(), parts.next(), parts.next());
+        let index: usize = index.and_then(|i| i.parse().ok()).expect("allocator index");
+        let iters: u64 = iters.and_then(|i| i.parse().ok()).expect("iterations");
+        let w = suite()
+            .into_iter()
+            .find(|w| Some(w.name) == name)
+            .expect("workload name");
+        let run = w.runs[index].expect("allocator runs this workload");
+        let t = run(iters);
+        println!("{}: {:?} per iteration", NAMES[index], t / iters as u32);
+        return;
+    }
     let bench_mode = std::env::args().any(|a| a == "--bench");
     if !bench_mode {
         // `cargo test --all-targets`: run each workload once on each allocator.

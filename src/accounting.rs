@@ -152,11 +152,27 @@ impl Core {
     /// Never allocates, locks or panics.
     #[inline(always)]
     pub(crate) fn charge(&self, size: usize, op: Op) -> bool {
+        match self.charge_fast(size, op) {
+            Spent::Yes => true,
+            spent => self.charge_rest(spent, size, op),
+        }
+    }
+
+    /// The fast half of [`charge`](Self::charge): spends this thread's credit if it can.
+    /// Anything but `Spent::Yes` must be finished by [`charge_rest`](Self::charge_rest).
+    ///
+    /// One load of the instance's token, then only this thread's entry: no shared write.
+    #[inline(always)]
+    pub(crate) fn charge_fast(&self, size: usize, op: Op) -> Spent {
         let token = self.hot.token.load(Relaxed);
-        let spent = thread_cache::with_cache(|c| match c.entry(token) {
-            Some(e) => e.try_spend(token, size, op),
-            None => Spent::No,
-        });
+        thread_cache::with_cache(|c| c.fast_entry(token).try_spend(token, size, op))
+    }
+
+    /// Finishes a charge whose fast half answered `spent`: publishes, or takes the slow
+    /// path. Out of line so the fast path's callers stay small.
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn charge_rest(&self, spent: Spent, size: usize, op: Op) -> bool {
         match spent {
             Spent::Yes => true,
             Spent::YesPublish => {
@@ -170,11 +186,30 @@ impl Core {
     /// Gives back `size` bytes of a freed block (or a realloc's shrink).
     #[inline(always)]
     pub(crate) fn release(&self, size: usize, op: Op) {
+        match self.release_fast(size, op) {
+            Spent::Yes => {}
+            spent => self.release_rest(spent, size, op),
+        }
+    }
+
+    /// The fast half of [`release`](Self::release): takes the bytes back into this thread's
+    /// credit if it may hold them. Anything but `Spent::Yes` must be finished by
+    /// [`release_rest`](Self::release_rest).
+    ///
+    /// Credit taken back here is only spendable by this thread, so `dealloc` may do this
+    /// *before* handing the block to the inner allocator (and then tail-call it): nobody can
+    /// allocate against those bytes until the block is gone. `release_rest` may return
+    /// bytes to the shared budget, so it must run after the block is freed.
+    #[inline(always)]
+    pub(crate) fn release_fast(&self, size: usize, op: Op) -> Spent {
         let token = self.hot.token.load(Relaxed);
-        let spent = thread_cache::with_cache(|c| match c.entry(token) {
-            Some(e) => e.try_refund(token, size, op, HOLD_MAX),
-            None => Spent::No,
-        });
+        thread_cache::with_cache(|c| c.fast_entry(token).try_refund(token, size, op, HOLD_MAX))
+    }
+
+    /// Finishes a release whose fast half answered `spent`.
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn release_rest(&self, spent: Spent, size: usize, op: Op) {
         match spent {
             Spent::Yes => {}
             Spent::YesPublish => self.publish_own(),
@@ -194,8 +229,6 @@ impl Core {
         };
     }
 
-    #[cold]
-    #[inline(never)]
     fn charge_slow(&self, size: usize, op: Op) -> bool {
         thread_cache::with_live_cache(|c| self.charge_cached(c, size, op))
             .unwrap_or_else(|| self.charge_exact(size, op))
@@ -233,8 +266,6 @@ impl Core {
         true
     }
 
-    #[cold]
-    #[inline(never)]
     fn release_slow(&self, size: usize, op: Op) {
         thread_cache::with_live_cache(|c| self.release_cached(c, size, op))
             .unwrap_or_else(|| self.release_exact(size, op))
@@ -686,15 +717,7 @@ impl Core {
     /// Counters, including this thread's unpublished ones.
     pub(crate) fn counts(&self) -> Counts {
         self.absorb();
-        let (a, d, r) = self
-            .own_entry(|e| {
-                (
-                    e.allocs.get() as u64,
-                    e.deallocs.get() as u64,
-                    e.reallocs.get() as u64,
-                )
-            })
-            .unwrap_or_default();
+        let (a, d, r) = self.own_entry(|e| e.pending()).unwrap_or_default();
         let c = &self.cold;
         Counts {
             allocs: (c.allocs.load(Relaxed) + a).saturating_sub(c.uncounted_allocs.load(Relaxed)),

@@ -4,7 +4,7 @@ use crate::accounting::Core;
 use crate::error::{percent, LimitExceeded};
 use crate::reservation::Reservation;
 use crate::stats::AllocatorStats;
-use crate::thread_cache::Op;
+use crate::thread_cache::{Op, Spent};
 use crate::{PressureLevel, PressureThresholds};
 use core::fmt;
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -333,6 +333,49 @@ impl<A> LimitedAllocator<A> {
     }
 }
 
+impl<A: GlobalAlloc> LimitedAllocator<A> {
+    /// `alloc` when the fast path could not finish the charge: out of line, so the fast
+    /// path keeps no registers for it. (`this` comes last so that the caller's arguments
+    /// are already in place for the tail call.)
+    ///
+    /// # Safety
+    /// `alloc`'s contract for `layout`.
+    #[cold]
+    #[inline(never)]
+    unsafe fn alloc_rest(layout: Layout, spent: Spent, zeroed: bool, this: &Self) -> *mut u8 {
+        let size = layout.size();
+        if !this.core.charge_rest(spent, size, Op::Alloc) {
+            return core::ptr::null_mut();
+        }
+        // SAFETY: the caller upholds `alloc`'s contract for `layout`; forwarded as is.
+        let ptr = unsafe {
+            if zeroed {
+                this.inner.alloc_zeroed(layout)
+            } else {
+                this.inner.alloc(layout)
+            }
+        };
+        if ptr.is_null() {
+            this.core.inner_failed(size, Op::Alloc);
+        }
+        ptr
+    }
+
+    /// `dealloc` when the fast path could not take the bytes back: frees first, then
+    /// returns the bytes (possibly to the shared budget, hence after the free).
+    ///
+    /// # Safety
+    /// `dealloc`'s contract for `ptr` and `layout`.
+    #[cold]
+    #[inline(never)]
+    unsafe fn dealloc_rest(ptr: *mut u8, layout: Layout, spent: Spent, this: &Self) {
+        // SAFETY: the caller guarantees `ptr` was allocated by this allocator (hence by the
+        // inner one) with `layout`.
+        unsafe { this.inner.dealloc(ptr, layout) };
+        this.core.release_rest(spent, layout.size(), Op::Dealloc);
+    }
+}
+
 impl<A> fmt::Debug for LimitedAllocator<A> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LimitedAllocator")
@@ -352,37 +395,48 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for LimitedAllocator<A> {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         let size = layout.size();
-        if !self.core.charge(size, Op::Alloc) {
-            return core::ptr::null_mut();
+        match self.core.charge_fast(size, Op::Alloc) {
+            Spent::Yes => {
+                // SAFETY: the caller upholds `alloc`'s contract for `layout`; forwarded as is.
+                let ptr = unsafe { self.inner.alloc(layout) };
+                if ptr.is_null() {
+                    self.core.inner_failed(size, Op::Alloc);
+                }
+                ptr
+            }
+            // SAFETY: as above.
+            spent => unsafe { Self::alloc_rest(layout, spent, false, self) },
         }
-        // SAFETY: the caller upholds `alloc`'s contract for `layout`; we forward it as is.
-        let ptr = unsafe { self.inner.alloc(layout) };
-        if ptr.is_null() {
-            self.core.inner_failed(size, Op::Alloc);
-        }
-        ptr
     }
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         let size = layout.size();
-        if !self.core.charge(size, Op::Alloc) {
-            return core::ptr::null_mut();
+        match self.core.charge_fast(size, Op::Alloc) {
+            Spent::Yes => {
+                // SAFETY: as in `alloc`.
+                let ptr = unsafe { self.inner.alloc_zeroed(layout) };
+                if ptr.is_null() {
+                    self.core.inner_failed(size, Op::Alloc);
+                }
+                ptr
+            }
+            // SAFETY: as in `alloc`.
+            spent => unsafe { Self::alloc_rest(layout, spent, true, self) },
         }
-        // SAFETY: as in `alloc`.
-        let ptr = unsafe { self.inner.alloc_zeroed(layout) };
-        if ptr.is_null() {
-            self.core.inner_failed(size, Op::Alloc);
-        }
-        ptr
     }
 
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: the caller guarantees `ptr` was allocated by this allocator (hence by the
-        // inner one, which we forwarded to) with `layout`.
-        unsafe { self.inner.dealloc(ptr, layout) };
-        self.core.release(layout.size(), Op::Dealloc);
+        match self.core.release_fast(layout.size(), Op::Dealloc) {
+            // The bytes went back into this thread's credit, which only this thread (busy
+            // here) can spend, so the inner free can come last, as a tail call.
+            // SAFETY: the caller guarantees `ptr` was allocated by this allocator (hence by
+            // the inner one, which we forwarded to) with `layout`.
+            Spent::Yes => unsafe { self.inner.dealloc(ptr, layout) },
+            // SAFETY: as above.
+            spent => unsafe { Self::dealloc_rest(ptr, layout, spent, self) },
+        }
     }
 
     #[inline]

@@ -75,22 +75,30 @@ pub(crate) enum Op {
 
 /// Pending counts are published once any of them reaches this, so other threads' `stats()`
 /// lag by at most this many operations per live thread.
-pub(crate) const PUBLISH_EVERY: usize = 4096;
+pub(crate) const PUBLISH_EVERY: u32 = 4096;
 
 /// One thread's credit for one instance. Only its own thread touches it (plain `Cell`s).
+///
+/// One cache line, with the fields the fast path touches first; its size is a power of two
+/// so the fast path finds an entry with a shift (see [`ThreadCache::fast_entry`]).
+#[repr(C, align(64))]
 pub(crate) struct Entry {
     pub token: Cell<u64>,
-    /// Bytes charged to the instance's budget and not yet spent by this thread.
+    /// Bytes charged to the instance's budget and not yet spent by this thread. At most
+    /// `HOLD_MAX` between calls (refills leave at most one batch, refunds stop at
+    /// `HOLD_MAX`), which the fast paths rely on for overflow-free sums.
     pub credit: Cell<usize>,
     /// The lowest `credit` since the window opened (for the peak).
     pub low: Cell<usize>,
+    /// Count-downs to the next publication: `PUBLISH_EVERY` minus the pending operations of
+    /// each kind. A count-down lets the fast path count and test in one instruction.
+    allocs_left: Cell<u32>,
+    deallocs_left: Cell<u32>,
+    reallocs_left: Cell<u32>,
     /// The instance's charge when the window opened.
     pub base: Cell<usize>,
     /// The instance's peak generation when the window opened.
     pub peak_gen: Cell<usize>,
-    pub allocs: Cell<usize>,
-    pub deallocs: Cell<usize>,
-    pub reallocs: Cell<usize>,
     /// The innermost entered reservation, or null.
     pub entered: Cell<*const ReservationState>,
 }
@@ -101,11 +109,11 @@ impl Entry {
             token: Cell::new(0),
             credit: Cell::new(0),
             low: Cell::new(0),
+            allocs_left: Cell::new(PUBLISH_EVERY),
+            deallocs_left: Cell::new(PUBLISH_EVERY),
+            reallocs_left: Cell::new(PUBLISH_EVERY),
             base: Cell::new(0),
             peak_gen: Cell::new(0),
-            allocs: Cell::new(0),
-            deallocs: Cell::new(0),
-            reallocs: Cell::new(0),
             entered: Cell::new(core::ptr::null()),
         }
     }
@@ -113,15 +121,27 @@ impl Entry {
     /// Counts one operation; true when the counts should be published now.
     #[inline(always)]
     pub fn count(&self, op: Op) -> bool {
-        let counter = match op {
-            Op::Alloc => &self.allocs,
-            Op::Realloc => &self.reallocs,
-            Op::Dealloc => &self.deallocs,
+        let left = match op {
+            Op::Alloc => &self.allocs_left,
+            Op::Realloc => &self.reallocs_left,
+            Op::Dealloc => &self.deallocs_left,
             Op::Quiet => return false,
         };
-        let n = counter.get() + 1;
-        counter.set(n);
-        n >= PUBLISH_EVERY
+        // Wrapping: a count-down that is not reset at 0 (no publication possible) keeps
+        // counting modulo 2^32, and `pending` still reads it right.
+        let n = left.get().wrapping_sub(1);
+        left.set(n);
+        n == 0
+    }
+
+    /// Operations counted and not yet published: (allocs, deallocs, reallocs).
+    pub fn pending(&self) -> (u64, u64, u64) {
+        let p = |left: &Cell<u32>| PUBLISH_EVERY.wrapping_sub(left.get()) as u64;
+        (
+            p(&self.allocs_left),
+            p(&self.deallocs_left),
+            p(&self.reallocs_left),
+        )
     }
 
     /// The largest usage this thread saw in the current window: the window's base charge
@@ -132,11 +152,15 @@ impl Entry {
 
     /// Takes the pending counts, leaving zeros.
     pub fn take_counts(&self) -> (u64, u64, u64) {
-        (
-            self.allocs.replace(0) as u64,
-            self.deallocs.replace(0) as u64,
-            self.reallocs.replace(0) as u64,
-        )
+        let counts = self.pending();
+        self.reset_counts();
+        counts
+    }
+
+    fn reset_counts(&self) {
+        self.allocs_left.set(PUBLISH_EVERY);
+        self.deallocs_left.set(PUBLISH_EVERY);
+        self.reallocs_left.set(PUBLISH_EVERY);
     }
 
     /// Forgets everything (the instance it served is gone).
@@ -145,9 +169,7 @@ impl Entry {
         self.credit.set(0);
         self.low.set(0);
         self.base.set(0);
-        self.allocs.set(0);
-        self.deallocs.set(0);
-        self.reallocs.set(0);
+        self.reset_counts();
         self.entered.set(core::ptr::null());
     }
 
@@ -157,11 +179,9 @@ impl Entry {
         if self.token.get() != token {
             return Spent::No;
         }
-        let credit = self.credit.get();
-        if credit < size {
+        let Some(left) = self.credit.get().checked_sub(size) else {
             return Spent::No;
-        }
-        let left = credit - size;
+        };
         self.credit.set(left);
         if left < self.low.get() {
             self.low.set(left);
@@ -180,11 +200,13 @@ impl Entry {
         if self.token.get() != token {
             return Spent::No;
         }
-        let credit = self.credit.get();
-        if size > hold_max - credit.min(hold_max) {
+        // No overflow: credit <= HOLD_MAX between calls and size <= isize::MAX (a Layout's
+        // bound), so the sum fits; wrapping only keeps the path free of overflow checks.
+        let credit = self.credit.get().wrapping_add(size);
+        if credit > hold_max {
             return Spent::No;
         }
-        self.credit.set(credit + size);
+        self.credit.set(credit);
         if self.count(op) {
             Spent::YesPublish
         } else {
@@ -203,6 +225,9 @@ pub(crate) enum Spent {
     /// Done, and the pending counts should be published.
     YesPublish,
 }
+
+const _: () = assert!(CACHED_SLOTS.is_power_of_two() && CACHED_SLOTS <= 1 << 10);
+const _: () = assert!(core::mem::size_of::<Entry>() == 64);
 
 const FRESH: u8 = 0;
 const REGISTERING: u8 = 1;
@@ -227,6 +252,16 @@ impl ThreadCache {
     #[inline(always)]
     pub fn entry(&self, token: u64) -> Option<&Entry> {
         self.entries.get(token::slot(token))
+    }
+
+    /// The entry the fast path compares `token` against: the slot's entry when the slot is
+    /// a cached one, else some other entry. That is enough for the fast path, which only
+    /// acts when the entry holds exactly `token`: an entry only ever holds tokens of its
+    /// own slot (see `Core::sync_entry`) or 0, and no token is 0, so a token of an
+    /// uncached slot (or `UNREGISTERED`) never matches. A mask instead of a bounds check.
+    #[inline(always)]
+    pub fn fast_entry(&self, token: u64) -> &Entry {
+        &self.entries[token::slot(token) & (CACHED_SLOTS - 1)]
     }
 }
 
@@ -319,7 +354,7 @@ mod tests {
         e.low.set(100);
         assert_eq!(e.try_spend(t, 101, Op::Alloc), Spent::No);
         assert_eq!(e.try_spend(t, 60, Op::Alloc), Spent::Yes);
-        assert_eq!((e.credit.get(), e.low.get(), e.allocs.get()), (40, 40, 1));
+        assert_eq!((e.credit.get(), e.low.get(), e.pending().0), (40, 40, 1));
         assert_eq!(e.try_refund(t, 30, Op::Dealloc, 50), Spent::No);
         assert_eq!(e.try_refund(t, 10, Op::Dealloc, 50), Spent::Yes);
         assert_eq!((e.credit.get(), e.low.get()), (50, 40));
