@@ -19,7 +19,7 @@
 //! them alike), and prints medians and ratios: each allocator against its bare inner
 //! allocator and against `System`. The table follows criterion's name filter;
 //! `OVERHEAD_TABLE=0` skips it, `OVERHEAD_CRITERION=0` skips criterion (table only), and
-//! `OVERHEAD_ROUNDS` sets its rounds (default 15). Under `cargo test` every workload runs once, as a smoke
+//! `OVERHEAD_ROUNDS` sets its rounds (default 41; a third of that for the heavy ones). Under `cargo test` every workload runs once, as a smoke
 //! test.
 //!
 //! Run: `cargo bench --bench overhead` (a few minutes on 2 cores).
@@ -566,11 +566,12 @@ criterion_group!(benches, overhead);
 
 // ---- the ratio table ----------------------------------------------------------------------
 
-/// Median time per iteration of each allocator, measured interleaved: each round runs every
-/// allocator once (in a rotated order) for a batch sized to take about `target` on `System`.
-fn measure(w: &Workload, rounds: usize, target: Duration) -> [Option<f64>; 6] {
+/// Time per iteration of each allocator (ns) in every round, measured interleaved: each
+/// round runs every allocator once, in a rotated order, for a batch sized to take about
+/// `target` on the first allocator. Short batches and many rounds put the noise of a shared
+/// machine on every allocator alike.
+fn measure(w: &Workload, rounds: usize, target: Duration) -> [Vec<f64>; 6] {
     let reference = w.runs.iter().flatten().next().expect("a workload has runs");
-    // Calibrate the batch on the first allocator present.
     let mut iters = 1u64;
     loop {
         let t = reference(iters);
@@ -591,13 +592,24 @@ fn measure(w: &Workload, rounds: usize, target: Duration) -> [Option<f64>; 6] {
             }
         }
     }
-    samples.map(|mut s| {
-        if s.is_empty() {
-            return None;
-        }
-        s.sort_by(f64::total_cmp);
-        Some(s[s.len() / 2])
-    })
+    samples
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    Some(v[v.len() / 2])
+}
+
+/// The median over rounds of `a`'s time divided by `b`'s in the same round: robust to the
+/// machine getting busier or quieter between rounds.
+fn ratio(a: &[f64], b: &[f64]) -> Option<f64> {
+    if a.is_empty() || b.is_empty() {
+        return None;
+    }
+    median(a.iter().zip(b).map(|(a, b)| a / b).collect())
 }
 
 fn fmt_ns(ns: f64) -> String {
@@ -612,7 +624,7 @@ fn fmt_ns(ns: f64) -> String {
 
 fn table(rounds: usize, filter: &str) {
     println!("\n## Overhead table: median time per iteration, {rounds} interleaved rounds\n");
-    let mut times = Vec::new();
+    let mut all = Vec::new();
     print!("| workload | unit |");
     for n in NAMES {
         print!(" {n} |");
@@ -621,39 +633,42 @@ fn table(rounds: usize, filter: &str) {
     println!("|---|---|{}", "---:|".repeat(6));
     for w in suite().into_iter().filter(|w| w.name.contains(filter)) {
         let target = if w.heavy {
-            Duration::from_millis(60)
+            Duration::from_millis(40)
         } else {
-            Duration::from_millis(15)
+            Duration::from_millis(3)
+        };
+        let rounds = if w.heavy {
+            rounds.div_ceil(3).max(3)
+        } else {
+            rounds
         };
         let m = measure(&w, rounds, target);
         print!("| {} | {} |", w.name, w.unit);
-        for t in m {
-            match t {
+        for s in &m {
+            match median(s.clone()) {
                 Some(ns) => print!(" {} |", fmt_ns(ns)),
                 None => print!(" - |"),
             }
         }
         println!();
-        times.push((w.name, m));
+        all.push((w.name, m));
     }
 
-    println!("\n## Ratios: each wrapper / its bare inner allocator (and / System)\n");
+    println!("\n## Ratios: each wrapper / its bare inner allocator (and / System)");
+    println!("(median over rounds of the per-round ratio)\n");
     println!("| workload | Limited<System> | cap<System> | stats_alloc<System> | mimalloc / System | Limited<mimalloc> / mimalloc | Limited<mimalloc> / System |");
     println!("|---|---:|---:|---:|---:|---:|---:|");
-    let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
-        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}x", a / b),
-        _ => "-".to_string(),
-    };
-    for (name, m) in &times {
-        let vs_inner = |i: usize| ratio(m[i], m[INNER[i]]);
+    let show = |r: Option<f64>| r.map_or("-".to_string(), |r| format!("{r:.2}x"));
+    for (name, m) in &all {
+        let vs_inner = |i: usize| show(ratio(&m[i], &m[INNER[i]]));
         println!(
             "| {name} | {} | {} | {} | {} | {} | {} |",
             vs_inner(1),
             vs_inner(2),
             vs_inner(3),
-            ratio(m[4], m[0]),
+            show(ratio(&m[4], &m[0])),
             vs_inner(5),
-            ratio(m[5], m[0]),
+            show(ratio(&m[5], &m[0])),
         );
     }
     println!("\n(Queries have no bare allocator: compare their nanoseconds in the first table.)\n");
@@ -697,7 +712,7 @@ fn main() {
         let rounds = std::env::var("OVERHEAD_ROUNDS")
             .ok()
             .and_then(|r| r.parse().ok())
-            .unwrap_or(15);
+            .unwrap_or(41);
         table(rounds, filter.as_deref().unwrap_or(""));
     }
 }

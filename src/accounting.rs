@@ -16,7 +16,7 @@
 //! Credit held by other live threads (at most `HOLD_MAX` each) reads as usage until they
 //! return it; a thread's exit returns it through the [`registry`] mailbox.
 
-use crate::registry::{self, Post, SLOTS};
+use crate::registry::{self, Post, CACHED_SLOTS, SLOTS};
 use crate::reservation::ReservationState;
 use crate::thread_cache::{self, token, Entry, Op, Spent, ThreadCache};
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*};
@@ -32,6 +32,12 @@ pub(crate) const HEADROOM_SHARE: usize = 32;
 /// Read on every call: written only by `set_limit`, threshold changes, and epoch bumps.
 struct Hot {
     token: AtomicU64,
+    /// Where this instance's entry sits in every thread's cache, in bytes (its slot times
+    /// the entry size; 0 until registered and for an instance without a cached slot). Read
+    /// next to `token` by the fast path, which then needs no arithmetic on the token. A
+    /// stale 0 is harmless: entry 0 only ever holds tokens of slot 0, so it matches this
+    /// instance's token only if 0 is in fact its slot.
+    entry_offset: AtomicUsize,
     limit: AtomicUsize,
     thresholds: AtomicU64,
     report_refusals: AtomicBool,
@@ -84,6 +90,7 @@ impl Core {
         Self {
             hot: CachePadded::new(Hot {
                 token: AtomicU64::new(token::UNREGISTERED),
+                entry_offset: AtomicUsize::new(0),
                 limit: AtomicUsize::new(limit),
                 thresholds: AtomicU64::new(crate::PressureThresholds::DEFAULT_BITS),
                 report_refusals: AtomicBool::new(true),
@@ -165,7 +172,8 @@ impl Core {
     #[inline(always)]
     pub(crate) fn charge_fast(&self, size: usize, op: Op) -> Spent {
         let token = self.hot.token.load(Relaxed);
-        thread_cache::with_cache(|c| c.fast_entry(token).try_spend(token, size, op))
+        let at = self.hot.entry_offset.load(Relaxed);
+        thread_cache::with_cache(|c| c.fast_entry(at).try_spend(token, size, op))
     }
 
     /// Finishes a charge whose fast half answered `spent`: publishes, or takes the slow
@@ -203,7 +211,8 @@ impl Core {
     #[inline(always)]
     pub(crate) fn release_fast(&self, size: usize, op: Op) -> Spent {
         let token = self.hot.token.load(Relaxed);
-        thread_cache::with_cache(|c| c.fast_entry(token).try_refund(token, size, op, HOLD_MAX))
+        let at = self.hot.entry_offset.load(Relaxed);
+        thread_cache::with_cache(|c| c.fast_entry(at).try_refund(token, size, op, HOLD_MAX))
     }
 
     /// Finishes a release whose fast half answered `spent`.
@@ -445,7 +454,14 @@ impl Core {
             .token
             .compare_exchange(token::UNREGISTERED, fresh, AcqRel, Acquire)
         {
-            Ok(_) => fresh,
+            Ok(_) => {
+                if let Some(slot) = slot.filter(|&s| s < CACHED_SLOTS) {
+                    self.hot
+                        .entry_offset
+                        .store(ThreadCache::entry_offset(slot), Relaxed);
+                }
+                fresh
+            }
             Err(existing) => {
                 if let Some(slot) = slot {
                     registry::release(slot, id);

@@ -254,14 +254,20 @@ impl ThreadCache {
         self.entries.get(token::slot(token))
     }
 
-    /// The entry the fast path compares `token` against: the slot's entry when the slot is
-    /// a cached one, else some other entry. That is enough for the fast path, which only
-    /// acts when the entry holds exactly `token`: an entry only ever holds tokens of its
-    /// own slot (see `Core::sync_entry`) or 0, and no token is 0, so a token of an
-    /// uncached slot (or `UNREGISTERED`) never matches. A mask instead of a bounds check.
+    /// The byte offset of a cached slot's entry, as [`fast_entry`](Self::fast_entry) takes it.
+    pub const fn entry_offset(slot: usize) -> usize {
+        slot * core::mem::size_of::<Entry>()
+    }
+
+    /// The entry at byte offset `at` (from [`entry_offset`](Self::entry_offset)), for the
+    /// fast path to compare its instance's token against. Masked rather than bounds-checked
+    /// (one `and`, no branch): any `at` gives some entry, and the fast path only acts when
+    /// that entry holds exactly its token. An entry only ever holds 0 or tokens of its own
+    /// slot (see `Core::sync_entry`), and no token is 0, so a wrong or stale offset, an
+    /// uncached slot or `UNREGISTERED` never matches.
     #[inline(always)]
-    pub fn fast_entry(&self, token: u64) -> &Entry {
-        &self.entries[token::slot(token) & (CACHED_SLOTS - 1)]
+    pub fn fast_entry(&self, at: usize) -> &Entry {
+        &self.entries[(at / core::mem::size_of::<Entry>()) & (CACHED_SLOTS - 1)]
     }
 }
 
