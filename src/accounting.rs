@@ -117,6 +117,7 @@ impl Core {
 
     // ---- settings -------------------------------------------------------------------
 
+    #[inline]
     pub(crate) fn limit(&self) -> usize {
         self.hot.limit.load(Relaxed)
     }
@@ -133,8 +134,33 @@ impl Core {
         }
     }
 
+    #[inline]
     pub(crate) fn thresholds_bits(&self) -> u64 {
         self.hot.thresholds.load(Relaxed)
+    }
+
+    /// The pressure level of `used` bytes against the limit and thresholds, in integers:
+    /// `used / limit >= bp / 10000` as `used * 10000 >= bp * limit` in `u128` (exact, no
+    /// float division, a few nanoseconds). Agrees with
+    /// `PressureThresholds::level_for(percent)` (the thresholds are kept in basis points
+    /// either way) except where float rounding of the percentage straddles a threshold. A
+    /// zero limit reads Critical, as 100 % does.
+    #[inline]
+    pub(crate) fn level_of(&self, used: usize) -> crate::PressureLevel {
+        use crate::PressureLevel::*;
+        let limit = self.limit() as u128;
+        let bits = self.thresholds_bits();
+        let scaled = used as u128 * 10_000;
+        let reached = |shift: u32| scaled >= ((bits >> shift) & 0xffff) as u128 * limit;
+        if reached(32) {
+            Critical
+        } else if reached(16) {
+            High
+        } else if reached(0) {
+            Medium
+        } else {
+            Low
+        }
     }
 
     pub(crate) fn set_thresholds_bits(&self, bits: u64) {
@@ -560,6 +586,7 @@ impl Core {
     }
 
     /// This thread's entry for this instance, if it holds one (any epoch).
+    #[inline]
     fn own_entry<R>(&self, f: impl FnOnce(&Entry) -> R) -> Option<R> {
         let token = self.hot.token.load(Acquire);
         thread_cache::with_cache(|c| {
@@ -569,6 +596,7 @@ impl Core {
         })
     }
 
+    #[inline]
     fn own_credit(&self) -> usize {
         self.own_entry(|e| e.credit.get()).unwrap_or(0)
     }
@@ -580,11 +608,17 @@ impl Core {
 
     /// Takes what exiting threads and dropped claims posted for this instance.
     /// True when bytes came back.
+    #[inline]
     fn absorb(&self) -> bool {
         let slot = token::slot(self.hot.token.load(Relaxed));
-        if slot >= SLOTS {
-            return false;
-        }
+        slot < SLOTS && registry::has_post(slot) && self.absorb_posted(slot)
+    }
+
+    /// [`absorb`](Self::absorb) once something was posted: out of line, so that readers
+    /// (`allocated_bytes`, `check_can_allocate`) pay one load when nothing was.
+    #[cold]
+    #[inline(never)]
+    fn absorb_posted(&self, slot: usize) -> bool {
         let post = registry::take(slot);
         if post.is_empty() {
             return false;
@@ -699,6 +733,7 @@ impl Core {
     // ---- reading ------------------------------------------------------------------------
 
     /// Bytes charged now, as seen from this thread (its own unspent credit is not usage).
+    #[inline]
     pub(crate) fn allocated_bytes(&self) -> usize {
         self.absorb();
         self.charged.load(Relaxed).saturating_sub(self.own_credit())

@@ -204,7 +204,7 @@ impl<A> LimitedAllocator<A> {
     /// assert_eq!(a.pressure_level(), PressureLevel::High);
     /// ```
     pub fn pressure_level(&self) -> PressureLevel {
-        self.thresholds().level_for(self.usage_percent())
+        self.core.level_of(self.allocated_bytes())
     }
 
     /// The thresholds [`pressure_level`](Self::pressure_level) uses.
@@ -328,7 +328,7 @@ impl<A> LimitedAllocator<A> {
             peak_bytes: self.peak_bytes().max(current),
             limit_bytes: limit,
             pool_claimed_bytes: counts.claimed,
-            pressure: self.thresholds().level_for(percent(current, limit)),
+            pressure: self.core.level_of(current),
         }
     }
 }

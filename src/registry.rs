@@ -139,6 +139,15 @@ pub(crate) fn post(index: usize, id: u64, post: Post) {
     slot.pins.fetch_sub(1, Ordering::Release);
 }
 
+/// Whether anything may have been posted to slot `index` since the last [`take`]: one
+/// relaxed load, for readers that poll on every call.
+#[inline]
+pub(crate) fn has_post(index: usize) -> bool {
+    TABLE
+        .get(index)
+        .is_some_and(|slot| slot.dirty.load(Ordering::Relaxed))
+}
+
 /// Takes everything posted for the owner of slot `index` (the caller is that owner).
 /// Cheap when nothing was posted: one load.
 pub(crate) fn take(index: usize) -> Post {
