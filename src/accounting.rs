@@ -238,7 +238,7 @@ impl Core {
     pub(crate) fn release_fast(&self, size: usize, op: Op) -> Spent {
         let token = self.hot.token.load(Relaxed);
         let at = self.hot.entry_offset.load(Relaxed);
-        thread_cache::with_cache(|c| c.fast_entry(at).try_refund(token, size, op, HOLD_MAX))
+        thread_cache::with_cache(|c| c.fast_entry(at).try_refund(token, size, op))
     }
 
     /// Finishes a release whose fast half answered `spent`.
@@ -318,8 +318,10 @@ impl Core {
         }
         let credit = e.credit.get().saturating_add(size);
         e.credit.set(credit);
-        if credit > HOLD_MAX {
-            self.give_back(e, credit - MAX_BATCH);
+        let hold = e.hold.get();
+        if credit > hold {
+            // Keep half the bound (a batch when roomy), so the next frees stay fast.
+            self.give_back(e, credit - (hold / 2).min(MAX_BATCH).min(credit));
         }
         if e.count(op) {
             self.publish(e);
@@ -535,7 +537,18 @@ impl Core {
         }
         e.token
             .set(current | flags | if over { token::PARKED } else { 0 });
+        self.set_hold(e, self.charged.load(Relaxed));
         Some(e)
+    }
+
+    /// Sets how much credit frees may leave this thread holding: `HOLD_MAX`, and near the
+    /// limit no more than its credit now plus 1/[`HEADROOM_SHARE`] of the headroom, so
+    /// that freed bytes go back to the budget (where other threads can use them) as it
+    /// fills, as batches shrink. Recomputed on every slow-path call.
+    fn set_hold(&self, e: &Entry, charged: usize) {
+        let headroom = self.limit().saturating_sub(charged);
+        let hold = e.credit.get().saturating_add(headroom / HEADROOM_SHARE);
+        e.hold.set(hold.min(HOLD_MAX));
     }
 
     /// Returns `bytes` of the entry's credit to the budget.
@@ -554,6 +567,7 @@ impl Core {
         e.base.set(after);
         e.low.set(e.credit.get());
         e.peak_gen.set(self.cold.peak_gen.load(Relaxed));
+        self.set_hold(e, after);
     }
 
     /// Publishes pending counts and the window's peak candidate.

@@ -75,7 +75,7 @@ pub(crate) enum Op {
 
 /// Pending counts are published once any of them reaches this, so other threads' `stats()`
 /// lag by at most this many operations per live thread.
-pub(crate) const PUBLISH_EVERY: u32 = 4096;
+pub(crate) const PUBLISH_EVERY: u16 = 4096;
 
 /// One thread's credit for one instance. Only its own thread touches it (plain `Cell`s).
 ///
@@ -85,16 +85,20 @@ pub(crate) const PUBLISH_EVERY: u32 = 4096;
 pub(crate) struct Entry {
     pub token: Cell<u64>,
     /// Bytes charged to the instance's budget and not yet spent by this thread. At most
-    /// `HOLD_MAX` between calls (refills leave at most one batch, refunds stop at
+    /// `hold <= HOLD_MAX` between calls (refills leave at most one batch, refunds stop at
     /// `HOLD_MAX`), which the fast paths rely on for overflow-free sums.
     pub credit: Cell<usize>,
     /// The lowest `credit` since the window opened (for the peak).
     pub low: Cell<usize>,
+    /// The most credit a free may leave this thread holding (the fast path's refund
+    /// bound): `HOLD_MAX` in a roomy budget, less near the limit, set by the slow path
+    /// from the headroom (see `Core::set_hold`).
+    pub hold: Cell<usize>,
     /// Count-downs to the next publication: `PUBLISH_EVERY` minus the pending operations of
     /// each kind. A count-down lets the fast path count and test in one instruction.
-    allocs_left: Cell<u32>,
-    deallocs_left: Cell<u32>,
-    reallocs_left: Cell<u32>,
+    allocs_left: Cell<u16>,
+    deallocs_left: Cell<u16>,
+    reallocs_left: Cell<u16>,
     /// The instance's charge when the window opened.
     pub base: Cell<usize>,
     /// The instance's peak generation when the window opened.
@@ -109,6 +113,7 @@ impl Entry {
             token: Cell::new(0),
             credit: Cell::new(0),
             low: Cell::new(0),
+            hold: Cell::new(0),
             allocs_left: Cell::new(PUBLISH_EVERY),
             deallocs_left: Cell::new(PUBLISH_EVERY),
             reallocs_left: Cell::new(PUBLISH_EVERY),
@@ -128,7 +133,8 @@ impl Entry {
             Op::Quiet => return false,
         };
         // Wrapping: a count-down that is not reset at 0 (no publication possible) keeps
-        // counting modulo 2^32, and `pending` still reads it right.
+        // counting modulo 2^16, and `pending` still reads it right (the slow path publishes
+        // too, so a publication is never far off).
         let n = left.get().wrapping_sub(1);
         left.set(n);
         n == 0
@@ -136,7 +142,7 @@ impl Entry {
 
     /// Operations counted and not yet published: (allocs, deallocs, reallocs).
     pub fn pending(&self) -> (u64, u64, u64) {
-        let p = |left: &Cell<u32>| PUBLISH_EVERY.wrapping_sub(left.get()) as u64;
+        let p = |left: &Cell<u16>| PUBLISH_EVERY.wrapping_sub(left.get()) as u64;
         (
             p(&self.allocs_left),
             p(&self.deallocs_left),
@@ -168,6 +174,7 @@ impl Entry {
         self.token.set(token);
         self.credit.set(0);
         self.low.set(0);
+        self.hold.set(0);
         self.base.set(0);
         self.reset_counts();
         self.entered.set(core::ptr::null());
@@ -194,16 +201,16 @@ impl Entry {
     }
 
     /// Tries to take `size` freed bytes back as credit for `token`: the fast path of
-    /// `dealloc`. Refuses when that would hold more than `hold_max`.
+    /// `dealloc`. Refuses when that would hold more than `hold`.
     #[inline(always)]
-    pub fn try_refund(&self, token: u64, size: usize, op: Op, hold_max: usize) -> Spent {
+    pub fn try_refund(&self, token: u64, size: usize, op: Op) -> Spent {
         if self.token.get() != token {
             return Spent::No;
         }
         // No overflow: credit <= HOLD_MAX between calls and size <= isize::MAX (a Layout's
         // bound), so the sum fits; wrapping only keeps the path free of overflow checks.
         let credit = self.credit.get().wrapping_add(size);
-        if credit > hold_max {
+        if credit > self.hold.get() {
             return Spent::No;
         }
         self.credit.set(credit);
@@ -361,8 +368,9 @@ mod tests {
         assert_eq!(e.try_spend(t, 101, Op::Alloc), Spent::No);
         assert_eq!(e.try_spend(t, 60, Op::Alloc), Spent::Yes);
         assert_eq!((e.credit.get(), e.low.get(), e.pending().0), (40, 40, 1));
-        assert_eq!(e.try_refund(t, 30, Op::Dealloc, 50), Spent::No);
-        assert_eq!(e.try_refund(t, 10, Op::Dealloc, 50), Spent::Yes);
+        e.hold.set(50);
+        assert_eq!(e.try_refund(t, 30, Op::Dealloc), Spent::No);
+        assert_eq!(e.try_refund(t, 10, Op::Dealloc), Spent::Yes);
         assert_eq!((e.credit.get(), e.low.get()), (50, 40));
         assert_eq!(e.try_spend(token::next_epoch(t), 1, Op::Alloc), Spent::No);
     }

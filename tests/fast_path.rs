@@ -1,0 +1,351 @@
+//! The fast path's correctness on standalone instances: per-thread credit never lets the
+//! limit be passed, counts come back exact when threads exit, instances never share
+//! credit, a refusal recalls credit, and a lowered limit parks threads.
+//!
+//! These tests assert behaviour only, never timings.
+
+use limited_allocator::LimitedAllocator;
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+use std::sync::{mpsc, Arc, Barrier};
+
+fn layout(size: usize) -> Layout {
+    Layout::from_size_align(size, 8).unwrap()
+}
+
+/// Allocates through the instance; None when refused.
+fn alloc(a: &LimitedAllocator, size: usize) -> Option<*mut u8> {
+    // SAFETY: sizes used here are non-zero.
+    let p = unsafe { a.alloc(layout(size)) };
+    (!p.is_null()).then_some(p)
+}
+
+fn free(a: &LimitedAllocator, p: *mut u8, size: usize) {
+    // SAFETY: every caller passes a block it got from `alloc(a, size)`, once.
+    unsafe { a.dealloc(p, layout(size)) }
+}
+
+fn quiet(limit: usize) -> LimitedAllocator {
+    let a = LimitedAllocator::new(System, limit);
+    a.set_refusal_reporting(false);
+    a
+}
+
+/// A raw pointer that may cross threads (the blocks are plain bytes).
+struct Block(*mut u8, usize);
+// SAFETY: a block is owned by whichever thread holds the `Block`; nothing aliases it.
+unsafe impl Send for Block {}
+
+fn xorshift(seed: u64) -> impl FnMut() -> u64 {
+    let mut s = seed | 1;
+    move || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        s
+    }
+}
+
+/// Many threads churn blocks against budgets from tiny to roomy. Each thread adds a block's
+/// size to `live` after `alloc` returned it and subtracts it before `dealloc`, so `live`
+/// never exceeds the bytes actually granted at that moment, and granted bytes must never
+/// exceed the limit.
+#[test]
+fn limit_holds_at_tight_budgets_with_many_threads() {
+    const THREADS: usize = 8;
+    for limit in [4 << 10, 64 << 10, 1 << 20] {
+        let a = quiet(limit);
+        let live = AtomicUsize::new(0);
+        let refused = AtomicUsize::new(0);
+        let start = Barrier::new(THREADS);
+        std::thread::scope(|s| {
+            let threads: Vec<_> = (0..THREADS)
+                .map(|t| {
+                    let (a, live, refused, start) = (&a, &live, &refused, &start);
+                    s.spawn(move || {
+                        let mut next = xorshift(0x1234 + t as u64);
+                        let mut held: Vec<(*mut u8, usize)> = Vec::with_capacity(64);
+                        start.wait();
+                        for _ in 0..20_000 {
+                            let r = next();
+                            if held.len() == 64 || (!held.is_empty() && r % 3 == 0) {
+                                let (p, size) = held.swap_remove(r as usize % held.len());
+                                live.fetch_sub(size, SeqCst);
+                                free(a, p, size);
+                            } else {
+                                let size = 1 + (r >> 8) as usize % (limit / 16);
+                                match alloc(a, size) {
+                                    Some(p) => {
+                                        let now = live.fetch_add(size, SeqCst) + size;
+                                        assert!(now <= limit, "{now} bytes granted, limit {limit}");
+                                        held.push((p, size));
+                                    }
+                                    None => {
+                                        refused.fetch_add(1, SeqCst);
+                                    }
+                                }
+                            }
+                        }
+                        for (p, size) in held {
+                            live.fetch_sub(size, SeqCst);
+                            free(a, p, size);
+                        }
+                    })
+                })
+                .collect();
+            // Joined explicitly: that waits for the threads' exit (and their thread-local
+            // destructors, which return credit); the scope's end alone does not.
+            for t in threads {
+                t.join().unwrap();
+            }
+        });
+        assert!(refused.load(SeqCst) > 0, "limit {limit} was never reached");
+        assert!(a.peak_bytes() <= limit, "peak {} > {limit}", a.peak_bytes());
+        // Every thread exited and returned its credit: the count is back to zero.
+        assert_eq!(a.allocated_bytes(), 0, "limit {limit}");
+        let s = a.stats();
+        assert_eq!(s.allocations, s.deallocations, "limit {limit}");
+        assert!(s.refusals >= refused.load(SeqCst) as u64);
+    }
+}
+
+/// Thousands of threads allocate, free and leave blocks for others to free; after they are
+/// gone the instance is back at its start, counts included.
+#[test]
+fn counts_are_exact_after_thousands_of_threads_exit() {
+    let a = quiet(256 << 20);
+    let start = alloc(&a, 1000).unwrap();
+    let (tx, rx) = mpsc::channel::<Block>();
+    for wave in 0..250 {
+        std::thread::scope(|s| {
+            let threads: Vec<_> = (0..8)
+                .map(|t| {
+                    let (a, tx) = (&a, tx.clone());
+                    s.spawn(move || {
+                        let mut next = xorshift(wave * 8 + t);
+                        for _ in 0..50 {
+                            let size = 1 + next() as usize % 5000;
+                            let p = alloc(a, size).unwrap();
+                            if next() % 4 == 0 {
+                                tx.send(Block(p, size)).unwrap(); // freed by the main thread
+                            } else {
+                                free(a, p, size);
+                            }
+                        }
+                    })
+                })
+                .collect();
+            // Joined explicitly, so that the threads have exited (see above).
+            for t in threads {
+                t.join().unwrap();
+            }
+        });
+        // Blocks allocated on exited threads are freed here, on another thread.
+        while let Ok(Block(p, size)) = rx.try_recv() {
+            free(&a, p, size);
+        }
+    }
+    assert_eq!(a.allocated_bytes(), 1000);
+    let s = a.stats();
+    assert_eq!(s.allocations, 2000 * 50 + 1);
+    assert_eq!(s.deallocations, 2000 * 50);
+    free(&a, start, 1000);
+    assert_eq!(a.allocated_bytes(), 0);
+    assert!(a.peak_bytes() <= a.limit());
+}
+
+/// Two instances on one thread: each has its own credit, and neither's numbers see the
+/// other's traffic.
+#[test]
+fn two_instances_on_one_thread_do_not_mix_credit() {
+    let a = quiet(1 << 20);
+    let b = quiet(10_000);
+    let mut live_a = Vec::new();
+    let mut live_b = Vec::new();
+    for i in 1..=50 {
+        live_a.push((alloc(&a, i * 100).unwrap(), i * 100));
+        if i * 30 + live_b.iter().map(|&(_, s)| s).sum::<usize>() <= 10_000 {
+            live_b.push((alloc(&b, i * 30).unwrap(), i * 30));
+        }
+        let sum = |v: &Vec<(*mut u8, usize)>| v.iter().map(|&(_, s)| s).sum::<usize>();
+        assert_eq!(a.allocated_bytes(), sum(&live_a));
+        assert_eq!(b.allocated_bytes(), sum(&live_b));
+    }
+    // `a` holds plenty of credit on this thread; `b` must still refuse past its own limit.
+    let used_b = b.allocated_bytes();
+    assert!(alloc(&b, 10_000 - used_b + 1).is_none());
+    let last = alloc(&b, 10_000 - used_b).unwrap();
+    assert_eq!(b.allocated_bytes(), 10_000);
+    free(&b, last, 10_000 - used_b);
+    // Blocks freed into the wrong budget would show here.
+    for (p, s) in live_b.drain(..) {
+        free(&b, p, s);
+    }
+    assert_eq!(b.allocated_bytes(), 0);
+    assert_eq!(a.allocated_bytes(), live_a.iter().map(|&(_, s)| s).sum());
+    for (p, s) in live_a.drain(..) {
+        free(&a, p, s);
+    }
+    assert_eq!((a.allocated_bytes(), b.allocated_bytes()), (0, 0));
+    assert_eq!((a.stats().allocations, a.stats().deallocations), (50, 50));
+}
+
+/// An instance dropped while this thread holds its credit leaves a stale entry; a new
+/// instance (which may reuse the slot) must start from nothing and not spend it.
+#[test]
+fn a_new_instance_never_spends_a_dropped_ones_credit() {
+    for _ in 0..100 {
+        let old = quiet(1 << 30);
+        let p = alloc(&old, 64).unwrap(); // takes a batch of credit
+        free(&old, p, 64); // and keeps the bytes as credit
+        drop(old);
+        let new = quiet(1000);
+        assert_eq!(new.allocated_bytes(), 0);
+        let p = alloc(&new, 600).unwrap();
+        assert_eq!(new.allocated_bytes(), 600);
+        assert!(alloc(&new, 401).is_none());
+        free(&new, p, 600);
+        assert_eq!(new.allocated_bytes(), 0);
+    }
+}
+
+/// A refusal recalls every thread's credit: an idle thread that holds a lot of it does not
+/// keep another from the budget once it makes any call, or exits.
+#[test]
+fn credit_is_recalled_on_refusal() {
+    const LIMIT: usize = 1 << 20;
+    const BIG: usize = 700 << 10;
+    let a = Arc::new(quiet(LIMIT));
+    let (poke, poked) = mpsc::channel::<bool>();
+    let (done, wait_done) = mpsc::channel::<()>();
+    let holder = {
+        let a = Arc::clone(&a);
+        std::thread::spawn(move || {
+            // Freed bytes stay as this thread's credit (up to 512 KiB): hold ~400 KiB.
+            let p = alloc(&a, 400 << 10).unwrap();
+            free(&a, p, 400 << 10);
+            done.send(()).unwrap();
+            // Make one call whenever asked; exit when told.
+            while let Ok(true) = poked.recv() {
+                let p = alloc(&a, 8).unwrap();
+                free(&a, p, 8);
+                done.send(()).unwrap();
+            }
+        })
+    };
+    wait_done.recv().unwrap();
+    // The holder's credit reads as usage from here (bounded slack) and leaves too little
+    // headroom for BIG: refused, which recalls it.
+    let slack = a.allocated_bytes();
+    assert!((400 << 10..=512 << 10).contains(&slack), "slack {slack}");
+    assert!(alloc(&a, BIG).is_none());
+    assert_eq!(a.stats().refusals, 1);
+    // The holder's next call hands its credit back (it may take a small new batch).
+    poke.send(true).unwrap();
+    wait_done.recv().unwrap();
+    let slack = a.allocated_bytes();
+    // A new batch is at most 1/32 of the headroom (plus the 8 bytes it just freed).
+    assert!(slack <= LIMIT / 32 + 8, "slack after the recall {slack}");
+    let big = alloc(&a, BIG).expect("BIG fits once the holder's credit is recalled");
+    // The holder exits: its exit returns whatever credit it held.
+    poke.send(false).unwrap();
+    holder.join().unwrap();
+    assert_eq!(a.allocated_bytes(), BIG);
+    free(&a, big, BIG);
+    assert_eq!(a.allocated_bytes(), 0);
+    let all = alloc(&a, LIMIT).expect("the whole budget with no other thread");
+    free(&a, all, LIMIT);
+}
+
+/// Lowering the limit below usage parks every thread that holds credit: nobody allocates,
+/// not even from credit carved under the old limit, until usage is back under the limit.
+#[test]
+fn lowering_the_limit_parks_threads() {
+    const THREADS: usize = 4;
+    let a = quiet(4 << 20);
+    let lowered = AtomicBool::new(false);
+    let ready = Barrier::new(THREADS + 1);
+    let checked = Barrier::new(THREADS + 1);
+    let freed = Barrier::new(THREADS + 1);
+    let resumed = Barrier::new(THREADS + 1);
+    std::thread::scope(|s| {
+        let mut threads = Vec::new();
+        for _ in 0..THREADS {
+            let (a, lowered) = (&a, &lowered);
+            let (ready, checked, freed, resumed) = (&ready, &checked, &freed, &resumed);
+            threads.push(s.spawn(move || {
+                // 256 KiB live per thread, plus whatever credit the thread holds.
+                let big = alloc(a, 256 << 10).unwrap();
+                let p = alloc(a, 64).unwrap();
+                free(a, p, 64);
+                ready.wait();
+                // The main thread lowers the limit below usage here.
+                ready.wait();
+                assert!(lowered.load(SeqCst));
+                assert!(
+                    alloc(a, 16).is_none(),
+                    "allocated from old credit past the limit"
+                );
+                checked.wait();
+                free(a, big, 256 << 10);
+                freed.wait();
+                // Usage is under the limit again: allocation resumes.
+                let p = alloc(a, 16).expect("unparked");
+                free(a, p, 16);
+                resumed.wait();
+            }));
+        }
+        ready.wait();
+        let usage = a.allocated_bytes();
+        assert!(usage >= THREADS * (256 << 10));
+        a.set_limit(512 << 10);
+        lowered.store(true, SeqCst);
+        ready.wait();
+        assert!(alloc(&a, 16).is_none());
+        checked.wait();
+        freed.wait();
+        assert!(a.allocated_bytes() < a.limit(), "{:?}", a.stats());
+        let p = alloc(&a, 16).expect("unparked");
+        free(&a, p, 16);
+        resumed.wait();
+        for t in threads {
+            t.join().unwrap(); // the threads' exit returns their credit
+        }
+    });
+    assert_eq!(a.allocated_bytes(), 0);
+    assert!(a.stats().refusals >= THREADS as u64 + 1);
+}
+
+/// The fast path counts exactly on one thread, including across the periodic publication
+/// of pending counts and the realloc path.
+#[test]
+fn counts_are_exact_on_one_thread_across_publications() {
+    let a = quiet(1 << 30);
+    for round in 1..=3u64 {
+        for _ in 0..5000 {
+            let p = alloc(&a, 48).unwrap();
+            free(&a, p, 48);
+        }
+        let s = a.stats();
+        assert_eq!(
+            (s.allocations, s.deallocations),
+            (round * 5000, round * 5000)
+        );
+        assert_eq!(s.current_bytes, 0);
+    }
+    let l = layout(100);
+    // SAFETY: a live block of `a`, grown and shrunk in place of itself, freed once.
+    unsafe {
+        let p = a.alloc(l);
+        let p = a.realloc(p, l, 5000);
+        assert_eq!(a.allocated_bytes(), 5000);
+        let p = a.realloc(p, layout(5000), 10);
+        assert_eq!(a.allocated_bytes(), 10);
+        a.dealloc(p, layout(10));
+    }
+    let s = a.stats();
+    assert_eq!(
+        (s.reallocations, s.current_bytes, s.peak_bytes),
+        (2, 0, 5000)
+    );
+}
