@@ -313,7 +313,7 @@ fn lowering_the_limit_parks_threads() {
         }
     });
     assert_eq!(a.allocated_bytes(), 0);
-    assert!(a.stats().refusals >= THREADS as u64 + 1);
+    assert!(a.stats().refusals > THREADS as u64);
 }
 
 /// The fast path counts exactly on one thread, including across the periodic publication
