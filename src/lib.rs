@@ -2,8 +2,10 @@
 mod cgroup;
 mod config;
 mod pressure;
+mod sampler;
 mod units;
 pub use cgroup::*;
 pub use config::*;
 pub use pressure::*;
+pub use sampler::*;
 pub use units::*;
