@@ -117,7 +117,10 @@ fn read_hierarchy(version: CgroupVersion, mount: &Path, path: &str) -> Option<Cg
             return None;
         }
     }
-    let ancestors: Vec<&Path> = dir.ancestors().take_while(|d| d.starts_with(mount)).collect();
+    let ancestors: Vec<&Path> = dir
+        .ancestors()
+        .take_while(|d| d.starts_with(mount))
+        .collect();
     let smallest = |file: &str| {
         ancestors
             .iter()
@@ -234,9 +237,18 @@ pub(crate) mod tests {
             "proc/self/cgroup",
             "4:memory:/docker/abc\n3:cpu,cpuacct:/docker/abc\n0::/\n",
         )
-        .file("sys/fs/cgroup/memory/memory.limit_in_bytes", "9223372036854771712\n")
-        .file("sys/fs/cgroup/memory/docker/abc/memory.limit_in_bytes", "536870912\n")
-        .file("sys/fs/cgroup/memory/docker/abc/memory.usage_in_bytes", "4096\n")
+        .file(
+            "sys/fs/cgroup/memory/memory.limit_in_bytes",
+            "9223372036854771712\n",
+        )
+        .file(
+            "sys/fs/cgroup/memory/docker/abc/memory.limit_in_bytes",
+            "536870912\n",
+        )
+        .file(
+            "sys/fs/cgroup/memory/docker/abc/memory.usage_in_bytes",
+            "4096\n",
+        )
         .file(
             "sys/fs/cgroup/memory/docker/abc/memory.oom_control",
             "oom_kill_disable 0\nunder_oom 0\noom_kill 3\n",
@@ -248,8 +260,10 @@ pub(crate) mod tests {
         assert_eq!(cg.oom_kills, Some(3));
 
         let g = Fixture::new("v1-unlimited");
-        g.file("proc/self/cgroup", "4:memory:/\n")
-            .file("sys/fs/cgroup/memory/memory.limit_in_bytes", "9223372036854771712\n");
+        g.file("proc/self/cgroup", "4:memory:/\n").file(
+            "sys/fs/cgroup/memory/memory.limit_in_bytes",
+            "9223372036854771712\n",
+        );
         assert_eq!(read_cgroup_memory(&g.0).unwrap().limit, None);
     }
 

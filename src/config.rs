@@ -17,7 +17,9 @@ pub const LIMIT_ENV_VAR: &str = "LIMITED_ALLOCATOR_LIMIT";
 #[non_exhaustive]
 pub enum ConfigError {
     /// The value is not a size or a percentage.
-    #[error("{var}={value:?} is not a memory size: {reason} (examples: 536870912, 512MiB, 2GB, 75%)")]
+    #[error(
+        "{var}={value:?} is not a memory size: {reason} (examples: 536870912, 512MiB, 2GB, 75%)"
+    )]
     InvalidSize {
         /// The variable's name.
         var: String,
@@ -132,8 +134,12 @@ impl SystemMemory {
 pub(crate) fn physical_memory() -> Option<u64> {
     // SAFETY: sysconf only reads system configuration; these names are valid on every
     // platform libc exposes them for, and errors come back as -1.
-    let (pages, page_size) =
-        unsafe { (libc::sysconf(libc::_SC_PHYS_PAGES), libc::sysconf(libc::_SC_PAGESIZE)) };
+    let (pages, page_size) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
     if pages <= 0 || page_size <= 0 {
         return None;
     }
@@ -149,13 +155,19 @@ pub(crate) fn parse_limit(
     let named = |make: fn(String, String) -> ConfigError| make(var.to_string(), value.to_string());
     let trimmed = value.trim();
     let bytes = if let Some(number) = trimmed.strip_suffix('%') {
-        let percent: f64 = number.trim().parse().map_err(|_| ConfigError::InvalidSize {
-            var: var.to_string(),
-            value: value.to_string(),
-            reason: SizeParseError::BadNumber(number.trim().to_string()),
-        })?;
+        let percent: f64 = number
+            .trim()
+            .parse()
+            .map_err(|_| ConfigError::InvalidSize {
+                var: var.to_string(),
+                value: value.to_string(),
+                reason: SizeParseError::BadNumber(number.trim().to_string()),
+            })?;
         if !(percent > 0.0 && percent <= 100.0) {
-            return Err(named(|var, value| ConfigError::PercentOutOfRange { var, value }));
+            return Err(named(|var, value| ConfigError::PercentOutOfRange {
+                var,
+                value,
+            }));
         }
         let base = memory
             .percent_base()

@@ -107,7 +107,10 @@ mod tests {
     fn large_numbers_get_human_units() {
         let e = LimitExceeded::new(3 << 30, 4 << 30, 2 << 30);
         let text = e.to_string();
-        assert!(text.contains("requested 3221225472 bytes (3.0 GiB)"), "{text}");
+        assert!(
+            text.contains("requested 3221225472 bytes (3.0 GiB)"),
+            "{text}"
+        );
         assert!(text.contains("limit 4294967296 bytes (4.0 GiB)"), "{text}");
         assert!(text.contains("(50.0% used)"), "{text}");
     }

@@ -1,13 +1,56 @@
-//! WIP
+//! A hard, observable memory budget for a Rust process.
+//!
+//! [`LimitedAllocator`] wraps a [`GlobalAlloc`](std::alloc::GlobalAlloc) and refuses
+//! allocations past its limit (returning null, or a typed [`LimitExceeded`] from the
+//! fallible APIs) instead of letting the process be OOM-killed. It reports usage, peak and
+//! [`PressureLevel`]s, answers pre-flight checks ([`LimitedAllocator::check_can_allocate`],
+//! [`LimitedAllocator::try_reserve`]), and its limit can come from the environment
+//! ([`limit_from_env`]).
+//!
+//! ```no_run
+//! use limited_allocator::{limit_from_env, LimitedAllocator};
+//! use std::alloc::System;
+//!
+//! #[global_allocator]
+//! static ALLOC: LimitedAllocator = LimitedAllocator::new(System, LimitedAllocator::UNLIMITED);
+//!
+//! fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     ALLOC.set_limit(limit_from_env()?.unwrap_or(2 << 30));
+//!     let mut rows: Vec<u64> = Vec::new();
+//!     if rows.try_reserve(10_000_000).is_err() {
+//!         eprintln!("not enough budget: {:?}", ALLOC.stats());
+//!     }
+//!     Ok(())
+//! }
+//! ```
+//!
+//! Guides: `docs/production.md` (choosing a limit, what happens at it), `docs/performance.md`
+//! (the fast path and what it costs).
+#![deny(missing_docs)]
+#![warn(unsafe_op_in_unsafe_fn)]
+
+mod accounting;
+mod allocator;
 mod cgroup;
 mod config;
+mod error;
 mod leak;
 mod pressure;
+mod registry;
+mod report;
+mod reservation;
 mod sampler;
+mod stats;
+mod thread_cache;
 mod units;
-pub use cgroup::*;
-pub use config::*;
-pub use leak::*;
-pub use pressure::*;
-pub use sampler::*;
-pub use units::*;
+
+pub use allocator::LimitedAllocator;
+pub use cgroup::{read_cgroup_memory, CgroupMemory, CgroupVersion};
+pub use config::{limit_from_env, limit_from_var, ConfigError, LIMIT_ENV_VAR};
+pub use error::LimitExceeded;
+pub use leak::{LeakConfig, LeakMetric, LeakSuspected, Trend, TrendDetector};
+pub use pressure::{HysteresisLevel, PressureLevel, PressureThresholds, ThresholdError};
+pub use reservation::{EnterError, EnterGuard, Overflow, Reservation};
+pub use sampler::{parse_psi, CgroupSample, MemorySample, Psi, Sampler};
+pub use stats::AllocatorStats;
+pub use units::{parse_size, ByteSize, SizeParseError};

@@ -165,7 +165,7 @@ fn take_all(slot: &Slot) -> Post {
     }
 }
 
-/// Unique, never-reused instance ids (39 bits: room for 5e11 instances per process).
+/// Unique instance ids; the token keeps 38 bits of them (2.7e11 instances per process).
 pub(crate) fn next_id() -> u64 {
     static NEXT: AtomicU64 = AtomicU64::new(1);
     NEXT.fetch_add(1, Ordering::Relaxed)
@@ -180,17 +180,42 @@ mod tests {
         let id = next_id();
         let slot = claim(id, false).unwrap();
         assert!(slot >= CACHED_SLOTS);
-        post(slot, id, Post { returned: 10, allocs: 2, ..Post::default() });
-        post(slot, id + 1_000_000, Post { returned: 99, ..Post::default() });
+        post(
+            slot,
+            id,
+            Post {
+                returned: 10,
+                allocs: 2,
+                ..Post::default()
+            },
+        );
+        post(
+            slot,
+            id + 1_000_000,
+            Post {
+                returned: 99,
+                ..Post::default()
+            },
+        );
         let got = take(slot);
         assert_eq!((got.returned, got.allocs), (10, 2));
         assert!(take(slot).is_empty());
         release(slot, id);
-        post(slot, id, Post { returned: 5, ..Post::default() });
+        post(
+            slot,
+            id,
+            Post {
+                returned: 5,
+                ..Post::default()
+            },
+        );
         let other = next_id();
         let again = claim(other, false).unwrap();
         if again == slot {
-            assert!(take(slot).is_empty(), "a dead owner's post leaked to the next owner");
+            assert!(
+                take(slot).is_empty(),
+                "a dead owner's post leaked to the next owner"
+            );
         }
         release(again, other);
     }

@@ -5,8 +5,8 @@
 //! its slot:
 //!
 //! ```text
-//!  63      62 ................ 24  23 ...... 10  9 ..... 0
-//! [ENTERED][ instance id (39 b) ][ epoch (14) ][ slot (10) ]
+//!  63       62      61 ............. 24  23 ...... 10  9 ..... 0
+//! [ENTERED][PARKED][ instance id (38 b) ][ epoch (14) ][ slot (10) ]
 //! ```
 //!
 //! The allocator's fast path loads the instance's token once, indexes this thread's entry by
@@ -33,9 +33,14 @@ pub(crate) mod token {
     pub const EPOCH_SHIFT: u32 = 10;
     pub const EPOCH_MASK: u64 = 0x3fff << EPOCH_SHIFT;
     pub const ID_SHIFT: u32 = 24;
-    pub const ID_MASK: u64 = ((1 << 39) - 1) << ID_SHIFT;
+    pub const ID_MASK: u64 = ((1 << 38) - 1) << ID_SHIFT;
     /// Set on an entry (never on an instance's token) while a reservation is entered.
     pub const ENTERED: u64 = 1 << 63;
+    /// Set on an entry (never on an instance's token) while the instance is over its limit
+    /// (lowered limit, overfilled pool): the thread then neither spends nor keeps credit.
+    pub const PARKED: u64 = 1 << 62;
+    /// The entry-only flags.
+    pub const FLAGS: u64 = ENTERED | PARKED;
     /// An instance's token before its first slow-path call.
     pub const UNREGISTERED: u64 = NO_SLOT;
 

@@ -94,7 +94,11 @@ fn scale(number: &str, multiplier: u128) -> Result<u128, SizeParseError> {
     if whole.is_empty() && frac.is_empty() || frac.contains('.') {
         return Err(bad());
     }
-    if !whole.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit()) {
+    if !whole
+        .bytes()
+        .chain(frac.bytes())
+        .all(|b| b.is_ascii_digit())
+    {
         return Err(bad());
     }
     let digits = |s: &str| -> Result<u128, SizeParseError> {
@@ -173,15 +177,27 @@ mod tests {
             parse_size("12 parsecs"),
             Err(SizeParseError::UnknownUnit("parsecs".into()))
         );
-        assert_eq!(parse_size("-5MB"), Err(SizeParseError::BadNumber("-5MB".into())));
-        assert_eq!(parse_size("1.2.3"), Err(SizeParseError::BadNumber("1.2.3".into())));
+        assert_eq!(
+            parse_size("-5MB"),
+            Err(SizeParseError::BadNumber("-5MB".into()))
+        );
+        assert_eq!(
+            parse_size("1.2.3"),
+            Err(SizeParseError::BadNumber("1.2.3".into()))
+        );
         assert_eq!(parse_size("."), Err(SizeParseError::BadNumber(".".into())));
-        assert_eq!(parse_size("MiB"), Err(SizeParseError::BadNumber("MiB".into())));
+        assert_eq!(
+            parse_size("MiB"),
+            Err(SizeParseError::BadNumber("MiB".into()))
+        );
     }
 
     #[test]
     fn overflow_is_an_error_not_a_wrap() {
-        assert_eq!(parse_size("99999999999999999999999"), Err(SizeParseError::Overflow));
+        assert_eq!(
+            parse_size("99999999999999999999999"),
+            Err(SizeParseError::Overflow)
+        );
         assert_eq!(parse_size("99999999 TiB"), Err(SizeParseError::Overflow));
         let max = usize::MAX.to_string();
         assert_eq!(parse_size(&max), Ok(usize::MAX));

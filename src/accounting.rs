@@ -1,0 +1,731 @@
+//! The accounting core: one budget, charged before memory is handed out, never overtaken.
+//!
+//! Invariant: `charged <= limit` after every successful charge, where `charged` counts
+//! live allocations, reservation headroom, and credit handed to threads. Because credit is
+//! carved out of the budget *before* a thread spends it, threads can allocate from their
+//! credit without touching shared memory and the limit still holds exactly.
+//!
+//! Credit is taken in batches of at most [`MAX_BATCH`] and at most 1/[`HEADROOM_SHARE`] of
+//! the headroom left, so batches shrink to nothing (exact per-call accounting) as the budget
+//! fills. A thread keeps at most [`HOLD_MAX`] of freed bytes as credit; the rest goes back at
+//! once. When a request is refused, the instance's credit epoch is advanced, which makes
+//! every thread hand its credit back on its next call.
+//!
+//! What "exact" means here: read on one thread, `allocated_bytes()` is `charged` minus that
+//! thread's own credit, which is exactly the live bytes when no other thread holds credit.
+//! Credit held by other live threads (at most `HOLD_MAX` each) reads as usage until they
+//! return it; a thread's exit returns it through the [`registry`] mailbox.
+
+use crate::registry::{self, Post, SLOTS};
+use crate::reservation::ReservationState;
+use crate::thread_cache::{self, token, Entry, Op, Spent, ThreadCache};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*};
+use crossbeam_utils::CachePadded;
+
+/// The most credit a thread takes in one refill.
+pub(crate) const MAX_BATCH: usize = 256 << 10;
+/// The most freed bytes a thread keeps as credit before handing the excess back.
+pub(crate) const HOLD_MAX: usize = 2 * MAX_BATCH;
+/// A refill takes at most this fraction (1/N) of the headroom left after the request.
+pub(crate) const HEADROOM_SHARE: usize = 32;
+
+/// Read on every call: written only by `set_limit`, threshold changes, and epoch bumps.
+struct Hot {
+    token: AtomicU64,
+    limit: AtomicUsize,
+    thresholds: AtomicU64,
+    report_refusals: AtomicBool,
+    thread_cache: AtomicBool,
+}
+
+/// Written on slow paths and read by `stats()`.
+struct Cold {
+    peak: AtomicUsize,
+    peak_gen: AtomicUsize,
+    allocs: AtomicU64,
+    deallocs: AtomicU64,
+    reallocs: AtomicU64,
+    /// Counted as allocations/reallocations by the fast path before the inner allocator
+    /// failed; subtracted in `stats()` so the counts stay exact without a second TLS visit.
+    uncounted_allocs: AtomicU64,
+    uncounted_reallocs: AtomicU64,
+    refusals: AtomicU64,
+    refused_bytes: AtomicU64,
+    largest_refusal: AtomicUsize,
+    inner_failures: AtomicU64,
+    reserved: AtomicUsize,
+    claimed: AtomicUsize,
+}
+
+/// The counters of [`Core::counts`].
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Counts {
+    pub allocs: u64,
+    pub deallocs: u64,
+    pub reallocs: u64,
+    pub refusals: u64,
+    pub refused_bytes: u64,
+    pub largest_refusal: usize,
+    pub inner_failures: u64,
+    pub reserved: usize,
+    pub claimed: usize,
+}
+
+pub(crate) struct Core {
+    hot: CachePadded<Hot>,
+    charged: CachePadded<AtomicUsize>,
+    cold: CachePadded<Cold>,
+}
+
+impl Core {
+    /// A budget of `limit` bytes; `thread_cache: false` accounts every call exactly on the
+    /// shared counter (slower under contention, no slack at all).
+    pub(crate) const fn new(limit: usize, thread_cache: bool) -> Self {
+        Self {
+            hot: CachePadded::new(Hot {
+                token: AtomicU64::new(token::UNREGISTERED),
+                limit: AtomicUsize::new(limit),
+                thresholds: AtomicU64::new(crate::PressureThresholds::DEFAULT_BITS),
+                report_refusals: AtomicBool::new(true),
+                thread_cache: AtomicBool::new(thread_cache),
+            }),
+            charged: CachePadded::new(AtomicUsize::new(0)),
+            cold: CachePadded::new(Cold {
+                peak: AtomicUsize::new(0),
+                peak_gen: AtomicUsize::new(0),
+                allocs: AtomicU64::new(0),
+                deallocs: AtomicU64::new(0),
+                reallocs: AtomicU64::new(0),
+                uncounted_allocs: AtomicU64::new(0),
+                uncounted_reallocs: AtomicU64::new(0),
+                refusals: AtomicU64::new(0),
+                refused_bytes: AtomicU64::new(0),
+                largest_refusal: AtomicUsize::new(0),
+                inner_failures: AtomicU64::new(0),
+                reserved: AtomicUsize::new(0),
+                claimed: AtomicUsize::new(0),
+            }),
+        }
+    }
+
+    // ---- settings -------------------------------------------------------------------
+
+    pub(crate) fn limit(&self) -> usize {
+        self.hot.limit.load(Relaxed)
+    }
+
+    pub(crate) fn set_limit(&self, limit: usize) {
+        let old = self.hot.limit.swap(limit, AcqRel);
+        if limit < old {
+            // Credit carved under the old limit may now be more than fits: recall it, and
+            // threads park if usage is over the new limit.
+            self.recall_credit();
+        } else if limit > old && self.charged.load(Relaxed) <= limit {
+            // Parked threads may take credit again.
+            self.recall_credit();
+        }
+    }
+
+    pub(crate) fn thresholds_bits(&self) -> u64 {
+        self.hot.thresholds.load(Relaxed)
+    }
+
+    pub(crate) fn set_thresholds_bits(&self, bits: u64) {
+        self.hot.thresholds.store(bits, Relaxed);
+    }
+
+    pub(crate) fn set_report_refusals(&self, on: bool) {
+        self.hot.report_refusals.store(on, Relaxed);
+    }
+
+    pub(crate) fn report_refusals(&self) -> bool {
+        self.hot.report_refusals.load(Relaxed)
+    }
+
+    pub(crate) fn thread_cache_enabled(&self) -> bool {
+        self.hot.thread_cache.load(Relaxed)
+    }
+
+    // ---- the allocation path ----------------------------------------------------------
+
+    /// Charges `size` bytes for an allocation (or a realloc's growth). False = refused.
+    /// Never allocates, locks or panics.
+    #[inline(always)]
+    pub(crate) fn charge(&self, size: usize, op: Op) -> bool {
+        let token = self.hot.token.load(Relaxed);
+        let spent = thread_cache::with_cache(|c| match c.entry(token) {
+            Some(e) => e.try_spend(token, size, op),
+            None => Spent::No,
+        });
+        match spent {
+            Spent::Yes => true,
+            Spent::YesPublish => {
+                self.publish_own();
+                true
+            }
+            Spent::No => self.charge_slow(size, op),
+        }
+    }
+
+    /// Gives back `size` bytes of a freed block (or a realloc's shrink).
+    #[inline(always)]
+    pub(crate) fn release(&self, size: usize, op: Op) {
+        let token = self.hot.token.load(Relaxed);
+        let spent = thread_cache::with_cache(|c| match c.entry(token) {
+            Some(e) => e.try_refund(token, size, op, HOLD_MAX),
+            None => Spent::No,
+        });
+        match spent {
+            Spent::Yes => {}
+            Spent::YesPublish => self.publish_own(),
+            Spent::No => self.release_slow(size, op),
+        }
+    }
+
+    /// Undoes a successful [`charge`](Self::charge) whose inner allocation then failed.
+    #[cold]
+    pub(crate) fn inner_failed(&self, size: usize, op: Op) {
+        self.release(size, Op::Quiet);
+        self.cold.inner_failures.fetch_add(1, Relaxed);
+        match op {
+            Op::Alloc => self.cold.uncounted_allocs.fetch_add(1, Relaxed),
+            Op::Realloc => self.cold.uncounted_reallocs.fetch_add(1, Relaxed),
+            Op::Dealloc | Op::Quiet => 0,
+        };
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn charge_slow(&self, size: usize, op: Op) -> bool {
+        thread_cache::with_live_cache(|c| self.charge_cached(c, size, op))
+            .unwrap_or_else(|| self.charge_exact(size, op))
+    }
+
+    fn charge_cached(&self, cache: &ThreadCache, size: usize, op: Op) -> bool {
+        let Some(e) = self.sync_entry(cache) else {
+            return self.charge_exact(size, op);
+        };
+        if e.token.get() & token::ENTERED != 0 {
+            return self.charge_entered(e, size, op);
+        }
+        if e.token.get() & token::PARKED != 0 {
+            return self.charge_exact(size, op);
+        }
+        let credit = e.credit.get();
+        if credit < size {
+            match self.carve(size - credit) {
+                Ok((taken, after)) => {
+                    e.credit.set(credit + taken);
+                    self.rebase(e, after);
+                }
+                Err(()) => {
+                    self.refuse(size, true);
+                    return false;
+                }
+            }
+        }
+        let left = e.credit.get() - size;
+        e.credit.set(left);
+        e.low.set(e.low.get().min(left));
+        if e.count(op) {
+            self.publish(e);
+        }
+        true
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn release_slow(&self, size: usize, op: Op) {
+        thread_cache::with_live_cache(|c| self.release_cached(c, size, op))
+            .unwrap_or_else(|| self.release_exact(size, op))
+    }
+
+    fn release_cached(&self, cache: &ThreadCache, size: usize, op: Op) {
+        let Some(e) = self.sync_entry(cache) else {
+            return self.release_exact(size, op);
+        };
+        if e.token.get() & token::ENTERED != 0 {
+            return self.release_entered(e, size, op);
+        }
+        if e.token.get() & token::PARKED != 0 {
+            return self.release_exact(size, op);
+        }
+        let credit = e.credit.get().saturating_add(size);
+        e.credit.set(credit);
+        if credit > HOLD_MAX {
+            self.give_back(e, credit - MAX_BATCH);
+        }
+        if e.count(op) {
+            self.publish(e);
+        }
+    }
+
+    /// Charges `size` directly on the shared counter: for threads without a usable cache
+    /// (starting, exiting, instance without a cached slot, cache turned off).
+    fn charge_exact(&self, size: usize, op: Op) -> bool {
+        match self.carve_exact(size) {
+            Ok(after) => {
+                self.cold.peak.fetch_max(after, Relaxed);
+                self.count_shared(op);
+                true
+            }
+            Err(()) => {
+                self.refuse(size, true);
+                false
+            }
+        }
+    }
+
+    fn release_exact(&self, size: usize, op: Op) {
+        self.charged.fetch_sub(size, Relaxed);
+        self.count_shared(op);
+    }
+
+    fn count_shared(&self, op: Op) {
+        let counter = match op {
+            Op::Alloc => &self.cold.allocs,
+            Op::Realloc => &self.cold.reallocs,
+            Op::Dealloc => &self.cold.deallocs,
+            Op::Quiet => return,
+        };
+        counter.fetch_add(1, Relaxed);
+    }
+
+    // ---- carving from the shared budget -----------------------------------------------
+
+    /// Takes `need` bytes plus a refill batch from the budget. Returns (bytes taken, the
+    /// charge after taking them).
+    fn carve(&self, need: usize) -> Result<(usize, usize), ()> {
+        let mut retried = false;
+        let mut current = self.charged.load(Relaxed);
+        loop {
+            let headroom = self.limit().saturating_sub(current);
+            if need > headroom {
+                if !retried && self.absorb() {
+                    retried = true;
+                    current = self.charged.load(Relaxed);
+                    continue;
+                }
+                return Err(());
+            }
+            let spare = headroom - need;
+            let take = need + (spare / HEADROOM_SHARE).min(MAX_BATCH);
+            match self
+                .charged
+                .compare_exchange_weak(current, current + take, Relaxed, Relaxed)
+            {
+                Ok(_) => return Ok((take, current + take)),
+                Err(now) => current = now,
+            }
+        }
+    }
+
+    /// Takes exactly `bytes` from the budget. Returns the charge after taking them.
+    pub(crate) fn carve_exact(&self, bytes: usize) -> Result<usize, ()> {
+        let mut retried = false;
+        let mut current = self.charged.load(Relaxed);
+        loop {
+            if bytes > self.limit().saturating_sub(current) {
+                if !retried && self.absorb() {
+                    retried = true;
+                    current = self.charged.load(Relaxed);
+                    continue;
+                }
+                return Err(());
+            }
+            match self
+                .charged
+                .compare_exchange_weak(current, current + bytes, Relaxed, Relaxed)
+            {
+                Ok(_) => return Ok(current + bytes),
+                Err(now) => current = now,
+            }
+        }
+    }
+
+    /// Adds bytes to the charge even past the limit (Arrow's infallible `reserve`).
+    #[allow(dead_code)] // used by the Arrow pool (issue 4)
+    pub(crate) fn charge_unchecked(&self, bytes: usize) {
+        let after = self.charged.fetch_add(bytes, Relaxed).saturating_add(bytes);
+        self.note_own_change(after);
+        self.recall_if_over(after);
+    }
+
+    /// Takes exactly `bytes` from the budget for this thread's reservation or entered
+    /// allocation, keeping the peak and this thread's window right.
+    pub(crate) fn reserve(&self, bytes: usize) -> Result<(), ()> {
+        let after = self.carve_exact(bytes)?;
+        self.note_own_change(after);
+        Ok(())
+    }
+
+    /// After this thread moved `charged` to `after` outside its credit: publish the peak
+    /// and restart this thread's window from the new charge.
+    fn note_own_change(&self, after: usize) {
+        let own = self.own_entry(|e| {
+            self.rebase(e, after);
+            e.credit.get()
+        });
+        self.cold
+            .peak
+            .fetch_max(after.saturating_sub(own.unwrap_or(0)), Relaxed);
+    }
+
+    /// Credit is only safe to spend while `charged <= limit`: past it, recall all credit so
+    /// threads park (see `sync_entry`).
+    fn recall_if_over(&self, after: usize) {
+        if after > self.limit() {
+            self.recall_credit();
+        }
+    }
+
+    /// Gives bytes back to the budget (reservation headroom, claims).
+    pub(crate) fn uncharge(&self, bytes: usize) {
+        self.charged.fetch_sub(bytes, Relaxed);
+    }
+
+    /// Records a refusal; with `report`, also writes the stderr line when enabled.
+    pub(crate) fn refuse(&self, size: usize, report: bool) {
+        self.cold.refusals.fetch_add(1, Relaxed);
+        self.cold.refused_bytes.fetch_add(size as u64, Relaxed);
+        self.cold.largest_refusal.fetch_max(size, Relaxed);
+        self.recall_credit();
+        if report && self.report_refusals() {
+            crate::report::refusal(size, self.allocated_bytes(), self.limit());
+        }
+    }
+
+    /// Advances the credit epoch: every thread returns its credit on its next call.
+    pub(crate) fn recall_credit(&self) {
+        let _ = self.hot.token.fetch_update(AcqRel, Relaxed, |t| {
+            (t != token::UNREGISTERED).then(|| token::next_epoch(t))
+        });
+    }
+
+    // ---- this thread's entry ----------------------------------------------------------
+
+    /// Registers the instance in the slot table on first use; returns its token.
+    fn register(&self) -> u64 {
+        let id = registry::next_id();
+        let slot = registry::claim(id, self.thread_cache_enabled());
+        let fresh = token::make(id, slot.map_or(token::NO_SLOT, |s| s as u64));
+        match self
+            .hot
+            .token
+            .compare_exchange(token::UNREGISTERED, fresh, AcqRel, Acquire)
+        {
+            Ok(_) => fresh,
+            Err(existing) => {
+                if let Some(slot) = slot {
+                    registry::release(slot, id);
+                }
+                existing
+            }
+        }
+    }
+
+    /// The instance's token, registering it first if needed.
+    pub(crate) fn token(&self) -> u64 {
+        match self.hot.token.load(Acquire) {
+            token::UNREGISTERED => self.register(),
+            t => t,
+        }
+    }
+
+    /// Brings this thread's entry up to date with the instance's token and returns it, or
+    /// `None` when the instance has no cached slot (or its cache is off).
+    ///
+    /// Also parks the entry while the instance is over its limit: credit is safe to spend
+    /// only while `charged <= limit`, so an over-limit instance is served exactly.
+    fn sync_entry<'c>(&self, cache: &'c ThreadCache) -> Option<&'c Entry> {
+        if !self.thread_cache_enabled() {
+            return None;
+        }
+        let current = self.token();
+        let e = cache.entry(current)?;
+        self.absorb();
+        let held = e.token.get();
+        if held & !token::FLAGS != current {
+            if held != 0 && token::id(held) == token::id(current) {
+                // Our own credit from an earlier epoch: hand it back, keep counts and entering.
+                self.give_back(e, e.credit.get());
+            } else {
+                // Empty, or left over from a dropped instance that used this slot.
+                e.clear(current);
+                self.rebase(e, self.charged.load(Relaxed));
+            }
+        }
+        let flags = e.token.get() & token::ENTERED; // cleared entries carry none
+        let over = self.charged.load(Relaxed) > self.limit();
+        if over {
+            self.give_back(e, e.credit.get());
+        }
+        e.token
+            .set(current | flags | if over { token::PARKED } else { 0 });
+        Some(e)
+    }
+
+    /// Returns `bytes` of the entry's credit to the budget.
+    fn give_back(&self, e: &Entry, bytes: usize) {
+        if bytes == 0 {
+            return;
+        }
+        e.credit.set(e.credit.get() - bytes);
+        let after = self.charged.fetch_sub(bytes, Relaxed) - bytes;
+        self.rebase(e, after);
+    }
+
+    /// Publishes the entry's window and opens a new one at charge `after`.
+    fn rebase(&self, e: &Entry, after: usize) {
+        self.publish(e);
+        e.base.set(after);
+        e.low.set(e.credit.get());
+        e.peak_gen.set(self.cold.peak_gen.load(Relaxed));
+    }
+
+    /// Publishes pending counts and the window's peak candidate.
+    fn publish(&self, e: &Entry) {
+        let (allocs, deallocs, reallocs) = e.take_counts();
+        let add = |counter: &AtomicU64, n: u64| {
+            if n != 0 {
+                counter.fetch_add(n, Relaxed);
+            }
+        };
+        add(&self.cold.allocs, allocs);
+        add(&self.cold.deallocs, deallocs);
+        add(&self.cold.reallocs, reallocs);
+        if e.peak_gen.get() == self.cold.peak_gen.load(Relaxed) {
+            self.cold.peak.fetch_max(e.peak_candidate(), Relaxed);
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn publish_own(&self) {
+        let token = self.hot.token.load(Relaxed);
+        thread_cache::with_cache(|c| {
+            if let Some(e) = c.entry(token) {
+                if e.token.get() == token {
+                    self.publish(e);
+                }
+            }
+        });
+    }
+
+    /// This thread's entry for this instance, if it holds one (any epoch).
+    fn own_entry<R>(&self, f: impl FnOnce(&Entry) -> R) -> Option<R> {
+        let token = self.hot.token.load(Acquire);
+        thread_cache::with_cache(|c| {
+            let e = c.entry(token)?;
+            let held = e.token.get();
+            (held != 0 && token::id(held) == token::id(token)).then(|| f(e))
+        })
+    }
+
+    fn own_credit(&self) -> usize {
+        self.own_entry(|e| e.credit.get()).unwrap_or(0)
+    }
+
+    /// Hands this thread's credit back to the budget now.
+    pub(crate) fn return_own_credit(&self) {
+        let _ = self.own_entry(|e| self.give_back(e, e.credit.get()));
+    }
+
+    /// Takes what exiting threads and dropped claims posted for this instance.
+    /// True when bytes came back.
+    fn absorb(&self) -> bool {
+        let slot = token::slot(self.hot.token.load(Relaxed));
+        if slot >= SLOTS {
+            return false;
+        }
+        let post = registry::take(slot);
+        if post.is_empty() {
+            return false;
+        }
+        self.apply(post);
+        post.returned > post.added
+    }
+
+    fn apply(&self, post: Post) {
+        if post.added > post.returned {
+            let grow = post.added - post.returned;
+            let after = self.charged.fetch_add(grow, Relaxed) + grow;
+            self.recall_if_over(after);
+        } else if post.returned > post.added {
+            self.charged.fetch_sub(post.returned - post.added, Relaxed);
+        }
+        self.cold.allocs.fetch_add(post.allocs, Relaxed);
+        self.cold.deallocs.fetch_add(post.deallocs, Relaxed);
+        self.cold.reallocs.fetch_add(post.reallocs, Relaxed);
+        self.cold.peak.fetch_max(post.peak, Relaxed);
+    }
+
+    // ---- entered reservations ---------------------------------------------------------
+
+    fn entered<'e>(&self, e: &'e Entry) -> &'e ReservationState {
+        // SAFETY: ENTERED is set on an entry only together with a non-null `entered`
+        // pointer, which holds one counted reference to a heap-allocated state (see
+        // `ReservationState::retain`); the reference is dropped only after both are
+        // cleared, so the pointee outlives this borrow.
+        unsafe { &*e.entered.get() }
+    }
+
+    fn charge_entered(&self, e: &Entry, size: usize, op: Op) -> bool {
+        let r = self.entered(e);
+        if r.take(size) {
+            self.cold.reserved.fetch_sub(size, Relaxed);
+        } else if r.may_grow() && self.reserve(size).is_ok() {
+            r.note_growth(size);
+        } else {
+            r.note_refusal();
+            self.refuse(size, true);
+            return false;
+        }
+        if e.count(op) {
+            self.publish(e);
+        }
+        true
+    }
+
+    fn release_entered(&self, e: &Entry, size: usize, op: Op) {
+        let r = self.entered(e);
+        let back = r.give(size);
+        self.cold.reserved.fetch_add(back, Relaxed);
+        if back < size {
+            self.charged.fetch_sub(size - back, Relaxed);
+        }
+        if e.count(op) {
+            self.publish(e);
+        }
+    }
+
+    /// Makes `state` the innermost entered reservation of this thread. The caller's
+    /// reference to `state` moves into the thread's entry; the reference to the reservation
+    /// it replaces moves out, returned for [`leave`](Self::leave). `None` (nothing moved)
+    /// when the instance has no cached slot.
+    pub(crate) fn enter(&self, state: *const ReservationState) -> Option<*const ReservationState> {
+        thread_cache::with_live_cache(|c| {
+            let e = self.sync_entry(c)?;
+            let previous = e.entered.replace(state);
+            e.token.set(e.token.get() | token::ENTERED);
+            Some(previous)
+        })
+        .flatten()
+    }
+
+    /// Puts `previous` (and its reference) back as this thread's entered reservation and
+    /// returns the pointer it replaces, whose reference the caller now owns. Guards dropped
+    /// out of order therefore never leave the entry without a reference to its target.
+    pub(crate) fn leave(&self, previous: *const ReservationState) -> *const ReservationState {
+        self.own_entry(|e| {
+            let current = e.entered.replace(previous);
+            let flags = e.token.get() & !token::ENTERED;
+            let entered = if previous.is_null() {
+                0
+            } else {
+                token::ENTERED
+            };
+            e.token.set(flags | entered);
+            current
+        })
+        .unwrap_or(previous)
+    }
+
+    pub(crate) fn add_reserved(&self, bytes: usize) {
+        self.cold.reserved.fetch_add(bytes, Relaxed);
+    }
+
+    pub(crate) fn sub_reserved(&self, bytes: usize) {
+        self.cold.reserved.fetch_sub(bytes, Relaxed);
+    }
+
+    #[allow(dead_code)] // used by the Arrow pool (issue 4)
+    pub(crate) fn add_claimed(&self, bytes: usize) {
+        self.cold.claimed.fetch_add(bytes, Relaxed);
+    }
+
+    #[allow(dead_code)] // used by the Arrow pool (issue 4)
+    pub(crate) fn sub_claimed(&self, bytes: usize) {
+        self.cold.claimed.fetch_sub(bytes, Relaxed);
+    }
+
+    // ---- reading ------------------------------------------------------------------------
+
+    /// Bytes charged now, as seen from this thread (its own unspent credit is not usage).
+    pub(crate) fn allocated_bytes(&self) -> usize {
+        self.absorb();
+        self.charged.load(Relaxed).saturating_sub(self.own_credit())
+    }
+
+    pub(crate) fn peak_bytes(&self) -> usize {
+        let current = self.allocated_bytes();
+        let gen = self.cold.peak_gen.load(Relaxed);
+        let own = self
+            .own_entry(|e| {
+                if e.peak_gen.get() == gen {
+                    e.peak_candidate()
+                } else {
+                    0
+                }
+            })
+            .unwrap_or(0);
+        self.cold.peak.load(Relaxed).max(own).max(current)
+    }
+
+    pub(crate) fn reset_peak(&self) {
+        let gen = self.cold.peak_gen.fetch_add(1, AcqRel) + 1;
+        let current = self.allocated_bytes();
+        self.cold.peak.store(current, Relaxed);
+        let _ = self.own_entry(|e| {
+            e.base.set(self.charged.load(Relaxed));
+            e.low.set(e.credit.get());
+            e.peak_gen.set(gen);
+        });
+    }
+
+    /// Counters, including this thread's unpublished ones.
+    pub(crate) fn counts(&self) -> Counts {
+        self.absorb();
+        let (a, d, r) = self
+            .own_entry(|e| {
+                (
+                    e.allocs.get() as u64,
+                    e.deallocs.get() as u64,
+                    e.reallocs.get() as u64,
+                )
+            })
+            .unwrap_or_default();
+        let c = &self.cold;
+        Counts {
+            allocs: (c.allocs.load(Relaxed) + a).saturating_sub(c.uncounted_allocs.load(Relaxed)),
+            deallocs: c.deallocs.load(Relaxed) + d,
+            reallocs: (c.reallocs.load(Relaxed) + r)
+                .saturating_sub(c.uncounted_reallocs.load(Relaxed)),
+            refusals: c.refusals.load(Relaxed),
+            refused_bytes: c.refused_bytes.load(Relaxed),
+            largest_refusal: c.largest_refusal.load(Relaxed),
+            inner_failures: c.inner_failures.load(Relaxed),
+            reserved: c.reserved.load(Relaxed),
+            claimed: c.claimed.load(Relaxed),
+        }
+    }
+
+    /// This instance's registry slot and id, registering it if needed; `None` when the
+    /// table is full.
+    #[allow(dead_code)] // used by the Arrow pool (issue 4)
+    pub(crate) fn mailbox(&self) -> Option<(usize, u64)> {
+        let t = self.token();
+        let slot = token::slot(t);
+        (slot < SLOTS).then(|| (slot, token::id(t)))
+    }
+}
+
+impl Drop for Core {
+    fn drop(&mut self) {
+        let t = *self.hot.token.get_mut();
+        let slot = token::slot(t);
+        if slot < SLOTS {
+            registry::release(slot, token::id(t));
+        }
+    }
+}

@@ -1,0 +1,496 @@
+//! Reservations: headroom held race-free until dropped, and per-operation budgets.
+//!
+//! [`LimitedAllocator::try_reserve`](crate::LimitedAllocator::try_reserve) charges the
+//! requested bytes to the budget at once, so nothing else can take them; the
+//! [`Reservation`] guard gives them back when dropped. It can grow and shrink.
+//!
+//! A reservation can also be **entered** on a thread ([`Reservation::enter`]): while the
+//! guard lives, that thread's allocations from this allocator are served from the
+//! reservation's headroom first, and its frees go back to it. That turns a pre-flight
+//! estimate into a per-query budget. Past its headroom, an entered reservation either grows
+//! from the shared budget ([`Overflow::Grow`], the default) or refuses ([`Overflow::Refuse`]).
+//!
+//! Bytes allocated inside an entered reservation stay charged to the allocator after the
+//! reservation is dropped (they are live memory); only the unspent headroom is released.
+//! So memory allocated inside and freed outside, or the reverse, never drifts the count.
+
+use crate::accounting::Core;
+use crate::error::LimitExceeded;
+use crate::LimitedAllocator;
+use core::fmt;
+use core::marker::PhantomData;
+use core::ptr::NonNull;
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*};
+use std::alloc::{GlobalAlloc, Layout, System};
+
+/// What an entered reservation does with an allocation that its headroom cannot cover.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Overflow {
+    /// Take the bytes from the allocator's shared budget (still bounded by its limit).
+    #[default]
+    Grow,
+    /// Refuse the allocation: a fallible caller gets an error, an infallible one aborts
+    /// through `handle_alloc_error`. Use with fallible code paths only.
+    Refuse,
+}
+
+/// Held headroom value that marks a dropped reservation.
+const CLOSED: usize = usize::MAX;
+
+/// The part of a reservation that entered threads reach through their thread-local entry.
+/// Heap-allocated and reference-counted (one reference for the [`Reservation`], one for
+/// each thread entry pointing at it), so a leaked or out-of-order [`EnterGuard`] cannot
+/// leave a thread pointing at freed memory.
+pub(crate) struct ReservationState {
+    refs: AtomicUsize,
+    /// Charged headroom not yet spent, or [`CLOSED`].
+    held: AtomicUsize,
+    /// Bytes allocated through the reservation while entered, net of frees given back.
+    used: AtomicUsize,
+    peak_used: AtomicUsize,
+    refuse: AtomicBool,
+    refusals: AtomicU64,
+}
+
+impl ReservationState {
+    /// Allocates a state with one reference, through the global allocator; `None` if that
+    /// allocation is refused.
+    fn allocate(held: usize) -> Option<NonNull<Self>> {
+        let layout = Layout::new::<Self>();
+        // SAFETY: the layout has a non-zero size.
+        let raw = unsafe { std::alloc::alloc(layout) }.cast::<Self>();
+        let ptr = NonNull::new(raw)?;
+        let state = Self {
+            refs: AtomicUsize::new(1),
+            held: AtomicUsize::new(held),
+            used: AtomicUsize::new(0),
+            peak_used: AtomicUsize::new(0),
+            refuse: AtomicBool::new(false),
+            refusals: AtomicU64::new(0),
+        };
+        // SAFETY: `ptr` is freshly allocated with this type's layout and unaliased.
+        unsafe { ptr.as_ptr().write(state) };
+        Some(ptr)
+    }
+
+    /// Adds a reference (taken by each entering thread).
+    fn retain(&self) {
+        self.refs.fetch_add(1, Relaxed);
+    }
+
+    /// Drops a reference; the last one frees the state.
+    ///
+    /// # Safety
+    /// `ptr` must come from [`allocate`](Self::allocate) and the caller must own one of its
+    /// references, which it must not use afterwards.
+    unsafe fn release(ptr: NonNull<Self>) {
+        // SAFETY: the caller owns a reference, so the state is alive here.
+        if unsafe { ptr.as_ref() }.refs.fetch_sub(1, Release) != 1 {
+            return;
+        }
+        core::sync::atomic::fence(Acquire);
+        // SAFETY: that was the last reference: nobody else can reach the state. It was
+        // allocated by `allocate` with this layout.
+        unsafe {
+            core::ptr::drop_in_place(ptr.as_ptr());
+            std::alloc::dealloc(ptr.as_ptr().cast(), Layout::new::<Self>());
+        }
+    }
+
+    /// Spends `size` bytes of headroom for an entered allocation.
+    pub(crate) fn take(&self, size: usize) -> bool {
+        let taken = self
+            .held
+            .fetch_update(AcqRel, Acquire, |h| {
+                (h != CLOSED && h >= size).then(|| h - size)
+            })
+            .is_ok();
+        if taken {
+            self.note_growth(size);
+        }
+        taken
+    }
+
+    /// Records `size` bytes allocated through the reservation beyond its headroom.
+    pub(crate) fn note_growth(&self, size: usize) {
+        let used = self.used.fetch_add(size, Relaxed).saturating_add(size);
+        self.peak_used.fetch_max(used, Relaxed);
+    }
+
+    /// Takes back up to `size` freed bytes as headroom; returns how many it took (the rest
+    /// goes back to the shared budget).
+    pub(crate) fn give(&self, size: usize) -> usize {
+        let before = self
+            .used
+            .fetch_update(AcqRel, Acquire, |u| Some(u - u.min(size)))
+            .unwrap_or(0);
+        let back = before.min(size);
+        if back == 0 {
+            return 0;
+        }
+        let added = self
+            .held
+            .fetch_update(AcqRel, Acquire, |h| (h != CLOSED).then(|| h + back));
+        if added.is_ok() {
+            back
+        } else {
+            0
+        }
+    }
+
+    pub(crate) fn may_grow(&self) -> bool {
+        !self.refuse.load(Relaxed)
+    }
+
+    pub(crate) fn note_refusal(&self) {
+        self.refusals.fetch_add(1, Relaxed);
+    }
+
+    fn held(&self) -> usize {
+        match self.held.load(Acquire) {
+            CLOSED => 0,
+            h => h,
+        }
+    }
+}
+
+/// Headroom charged to a [`LimitedAllocator`] and held until this guard drops.
+///
+/// Created by [`LimitedAllocator::try_reserve`]. [`size`](Self::size) is what the
+/// reservation accounts for: its unspent [`headroom`](Self::headroom) plus what was
+/// allocated through it while [entered](Self::enter).
+///
+/// ```
+/// use limited_allocator::LimitedAllocator;
+/// use std::alloc::System;
+///
+/// let budget = LimitedAllocator::new(System, 1000);
+/// let join = budget.try_reserve(600)?;
+/// assert_eq!(budget.available_bytes(), 400);
+/// assert!(budget.try_reserve(500).is_err()); // the 600 are held
+/// join.grow(100)?;
+/// join.shrink(300);
+/// assert_eq!(join.size(), 400);
+/// drop(join);
+/// assert_eq!(budget.allocated_bytes(), 0);
+/// # Ok::<(), limited_allocator::LimitExceeded>(())
+/// ```
+pub struct Reservation<'a, A = System> {
+    owner: &'a LimitedAllocator<A>,
+    state: NonNull<ReservationState>,
+}
+
+// SAFETY: the state is only reached through atomics and its reference count; the owner is a
+// shared reference, which is Send/Sync exactly when the allocator is Sync.
+unsafe impl<A: Sync> Send for Reservation<'_, A> {}
+// SAFETY: as above: every method takes `&self` and works through atomics.
+unsafe impl<A: Sync> Sync for Reservation<'_, A> {}
+
+impl<'a, A> Reservation<'a, A> {
+    /// Charges `bytes` to `owner` and wraps them in a guard.
+    pub(crate) fn new(owner: &'a LimitedAllocator<A>, bytes: usize) -> Result<Self, LimitExceeded> {
+        let core = owner.core();
+        let refused = |core: &Core| {
+            core.refuse(bytes, false);
+            LimitExceeded::new(bytes, core.limit(), core.allocated_bytes())
+        };
+        let state = ReservationState::allocate(bytes).ok_or_else(|| refused(core))?;
+        if core.reserve(bytes).is_err() {
+            // This thread's own unspent credit is headroom too: give it back and retry once.
+            core.return_own_credit();
+            if core.reserve(bytes).is_err() {
+                // SAFETY: we own the only reference and do not use `state` again.
+                unsafe { ReservationState::release(state) };
+                return Err(refused(core));
+            }
+        }
+        core.add_reserved(bytes);
+        Ok(Self { owner, state })
+    }
+
+    fn state(&self) -> &ReservationState {
+        // SAFETY: this guard owns a reference to the state until it drops.
+        unsafe { self.state.as_ref() }
+    }
+
+    /// Bytes this reservation accounts for: unspent headroom plus bytes allocated through
+    /// it while entered.
+    ///
+    /// ```
+    /// let a = limited_allocator::LimitedAllocator::new(std::alloc::System, 100);
+    /// assert_eq!(a.try_reserve(40).unwrap().size(), 40);
+    /// ```
+    pub fn size(&self) -> usize {
+        self.headroom() + self.used()
+    }
+
+    /// Charged bytes not yet spent by allocations: what [`shrink`](Self::shrink) can give
+    /// back and what dropping the guard releases.
+    ///
+    /// ```
+    /// let a = limited_allocator::LimitedAllocator::new(std::alloc::System, 100);
+    /// assert_eq!(a.try_reserve(40).unwrap().headroom(), 40);
+    /// ```
+    pub fn headroom(&self) -> usize {
+        self.state().held()
+    }
+
+    /// Bytes allocated through the reservation while entered and not yet freed.
+    ///
+    /// ```
+    /// let a = limited_allocator::LimitedAllocator::new(std::alloc::System, 100);
+    /// assert_eq!(a.try_reserve(40).unwrap().used(), 0);
+    /// ```
+    pub fn used(&self) -> usize {
+        self.state().used.load(Relaxed)
+    }
+
+    /// The highest [`used`](Self::used) so far: how much the operation really needed.
+    ///
+    /// ```
+    /// let a = limited_allocator::LimitedAllocator::new(std::alloc::System, 100);
+    /// assert_eq!(a.try_reserve(40).unwrap().peak_used(), 0);
+    /// ```
+    pub fn peak_used(&self) -> usize {
+        self.state().peak_used.load(Relaxed)
+    }
+
+    /// Allocations refused while entered under [`Overflow::Refuse`] (or because the shared
+    /// budget could not cover the overflow either).
+    ///
+    /// ```
+    /// let a = limited_allocator::LimitedAllocator::new(std::alloc::System, 100);
+    /// assert_eq!(a.try_reserve(40).unwrap().refusals(), 0);
+    /// ```
+    pub fn refusals(&self) -> u64 {
+        self.state().refusals.load(Relaxed)
+    }
+
+    /// Chooses what entered allocations do past the headroom (default [`Overflow::Grow`]).
+    ///
+    /// ```
+    /// use limited_allocator::{LimitedAllocator, Overflow};
+    /// let a = LimitedAllocator::new(std::alloc::System, 100);
+    /// let r = a.try_reserve(40).unwrap();
+    /// r.set_overflow(Overflow::Refuse);
+    /// assert_eq!(r.overflow(), Overflow::Refuse);
+    /// ```
+    pub fn set_overflow(&self, overflow: Overflow) {
+        self.state()
+            .refuse
+            .store(overflow == Overflow::Refuse, Relaxed);
+    }
+
+    /// The current [`Overflow`] policy.
+    ///
+    /// ```
+    /// use limited_allocator::{LimitedAllocator, Overflow};
+    /// let a = LimitedAllocator::new(std::alloc::System, 100);
+    /// assert_eq!(a.try_reserve(1).unwrap().overflow(), Overflow::Grow);
+    /// ```
+    pub fn overflow(&self) -> Overflow {
+        if self.state().may_grow() {
+            Overflow::Grow
+        } else {
+            Overflow::Refuse
+        }
+    }
+
+    /// Adds `additional` bytes of headroom from the shared budget, race-free.
+    ///
+    /// ```
+    /// let a = limited_allocator::LimitedAllocator::new(std::alloc::System, 100);
+    /// let r = a.try_reserve(40).unwrap();
+    /// r.grow(60).unwrap();
+    /// let err = r.grow(1).unwrap_err();
+    /// assert_eq!((err.requested, err.current, err.limit), (1, 100, 100));
+    /// ```
+    pub fn grow(&self, additional: usize) -> Result<(), LimitExceeded> {
+        let core = self.owner.core();
+        if core.reserve(additional).is_err() {
+            core.refuse(additional, false);
+            return Err(LimitExceeded::new(
+                additional,
+                core.limit(),
+                core.allocated_bytes(),
+            ));
+        }
+        let added = self
+            .state()
+            .held
+            .fetch_update(AcqRel, Acquire, |h| (h != CLOSED).then(|| h + additional));
+        debug_assert!(added.is_ok(), "a live reservation is never closed");
+        core.add_reserved(additional);
+        Ok(())
+    }
+
+    /// Gives up to `bytes` of unspent headroom back to the shared budget; returns how many
+    /// were given back (at most [`headroom`](Self::headroom)).
+    ///
+    /// ```
+    /// let a = limited_allocator::LimitedAllocator::new(std::alloc::System, 100);
+    /// let r = a.try_reserve(40).unwrap();
+    /// assert_eq!(r.shrink(50), 40);
+    /// assert_eq!(a.allocated_bytes(), 0);
+    /// ```
+    pub fn shrink(&self, bytes: usize) -> usize {
+        let before = self
+            .state()
+            .held
+            .fetch_update(AcqRel, Acquire, |h| (h != CLOSED).then(|| h - h.min(bytes)))
+            .unwrap_or(0);
+        let given = before.min(bytes);
+        let core = self.owner.core();
+        core.uncharge(given);
+        core.sub_reserved(given);
+        given
+    }
+
+    /// Grows or shrinks so that [`size`](Self::size) becomes `new_size` (shrinking stops at
+    /// the bytes in use).
+    ///
+    /// ```
+    /// let a = limited_allocator::LimitedAllocator::new(std::alloc::System, 100);
+    /// let r = a.try_reserve(10).unwrap();
+    /// r.resize(70).unwrap();
+    /// assert_eq!(r.size(), 70);
+    /// r.resize(5).unwrap();
+    /// assert_eq!(a.allocated_bytes(), 5);
+    /// ```
+    pub fn resize(&self, new_size: usize) -> Result<(), LimitExceeded> {
+        let size = self.size();
+        if new_size > size {
+            self.grow(new_size - size)
+        } else {
+            self.shrink(size - new_size);
+            Ok(())
+        }
+    }
+
+    /// Enters the reservation on this thread: until the guard drops, this thread's
+    /// allocations from the owning allocator draw from the reservation's headroom first and
+    /// its frees give back to it. Guards nest; the same reservation may be entered on
+    /// several threads at once.
+    ///
+    /// # Panics
+    /// If the allocator has no slot in the process-wide table (more than 63 allocators with
+    /// a thread cache are alive at once, or it was built with
+    /// [`new_exact`](LimitedAllocator::new_exact)); use [`try_enter`](Self::try_enter) to
+    /// handle that case.
+    ///
+    /// ```
+    /// use limited_allocator::LimitedAllocator;
+    /// use std::alloc::{GlobalAlloc, Layout, System};
+    ///
+    /// let budget = LimitedAllocator::new(System, 1 << 20);
+    /// let query = budget.try_reserve(4096)?;
+    /// let layout = Layout::from_size_align(1000, 8).unwrap();
+    /// {
+    ///     let _inside = query.enter();
+    ///     let p = unsafe { budget.alloc(layout) }; // drawn from the reservation
+    ///     assert_eq!((query.used(), query.headroom()), (1000, 3096));
+    ///     unsafe { budget.dealloc(p, layout) };   // given back to it
+    /// }
+    /// assert_eq!((query.used(), query.peak_used()), (0, 1000));
+    /// # Ok::<(), limited_allocator::LimitExceeded>(())
+    /// ```
+    pub fn enter(&self) -> EnterGuard<'_> {
+        match self.try_enter() {
+            Ok(guard) => guard,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// Like [`enter`](Self::enter), but says so instead of panicking when the allocator
+    /// cannot serve entered reservations.
+    ///
+    /// ```
+    /// use limited_allocator::LimitedAllocator;
+    /// let exact = LimitedAllocator::new_exact(std::alloc::System, 1000);
+    /// let r = exact.try_reserve(10).unwrap();
+    /// assert!(r.try_enter().is_err());
+    /// ```
+    pub fn try_enter(&self) -> Result<EnterGuard<'_>, EnterError> {
+        let core = self.owner.core();
+        let ptr = self.state.as_ptr().cast_const();
+        self.state().retain();
+        match core.enter(ptr) {
+            Some(previous) => Ok(EnterGuard {
+                core,
+                previous,
+                _not_send: PhantomData,
+            }),
+            None => {
+                // SAFETY: we own the reference taken just above and drop it here.
+                unsafe { ReservationState::release(self.state) };
+                Err(EnterError)
+            }
+        }
+    }
+}
+
+impl<A> fmt::Debug for Reservation<'_, A> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Reservation")
+            .field("headroom", &self.headroom())
+            .field("used", &self.used())
+            .field("peak_used", &self.peak_used())
+            .field("overflow", &self.overflow())
+            .finish()
+    }
+}
+
+impl<A> Drop for Reservation<'_, A> {
+    fn drop(&mut self) {
+        let held = match self.state().held.swap(CLOSED, AcqRel) {
+            CLOSED => 0,
+            h => h,
+        };
+        let core = self.owner.core();
+        core.uncharge(held);
+        core.sub_reserved(held);
+        // SAFETY: the guard owns one reference and never touches the state again.
+        unsafe { ReservationState::release(self.state) };
+    }
+}
+
+/// A reservation could not be entered: its allocator has no slot in the process-wide table
+/// (it was built with [`LimitedAllocator::new_exact`], or more than 63 allocators with a
+/// thread cache are alive at once).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "cannot enter the reservation: its allocator has no per-thread slot (built with \
+     new_exact, or more than 63 allocators with a thread cache are alive)"
+)]
+pub struct EnterError;
+
+/// While alive, this thread's allocations are served from the entered reservation.
+/// Returned by [`Reservation::enter`]; not `Send` (entering is per thread).
+#[must_use = "the reservation is left as soon as the guard drops"]
+pub struct EnterGuard<'r> {
+    core: &'r Core,
+    /// The reservation entered before this one (null if none), with its reference.
+    previous: *const ReservationState,
+    _not_send: PhantomData<*const ()>,
+}
+
+impl fmt::Debug for EnterGuard<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EnterGuard").finish_non_exhaustive()
+    }
+}
+
+impl Drop for EnterGuard<'_> {
+    fn drop(&mut self) {
+        let replaced = self.core.leave(self.previous);
+        if let Some(ptr) = NonNull::new(replaced.cast_mut()) {
+            // SAFETY: `leave` handed us the reference the thread entry held for `ptr`, a
+            // state from `ReservationState::allocate`; nothing reaches it through us again.
+            unsafe { ReservationState::release(ptr) };
+        }
+    }
+}
+
+// Keep `GlobalAlloc` in scope for the docs' intra-doc links.
+#[allow(unused_imports)]
+use GlobalAlloc as _;
