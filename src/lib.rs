@@ -35,12 +35,14 @@ mod cgroup;
 mod config;
 mod error;
 mod leak;
+mod monitor;
 mod pressure;
 mod registry;
 mod report;
 mod reservation;
 mod sampler;
 mod stats;
+mod timeline;
 mod thread_cache;
 mod units;
 
@@ -49,8 +51,16 @@ pub use cgroup::{read_cgroup_memory, CgroupMemory, CgroupVersion};
 pub use config::{limit_from_env, limit_from_var, ConfigError, LIMIT_ENV_VAR};
 pub use error::LimitExceeded;
 pub use leak::{LeakConfig, LeakMetric, LeakSuspected, Trend, TrendDetector};
+pub use monitor::{
+    default_psi_thresholds, BudgetSource, LevelStats, LimitSource, MemoryMonitor, MonitorBuilder,
+    MonitorError, MonitorEvent, MonitorHandle, MonitorSample, MonitorStats, Reason, Signal,
+    StageGuard, StageStats,
+};
 pub use pressure::{HysteresisLevel, PressureLevel, PressureThresholds, ThresholdError};
 pub use reservation::{EnterError, EnterGuard, Overflow, Reservation};
 pub use sampler::{parse_psi, CgroupSample, MemorySample, Psi, Sampler};
 pub use stats::AllocatorStats;
+#[cfg(feature = "timeline")]
+pub use timeline::TimelineError;
+pub use timeline::{Timeline, TimelinePoint};
 pub use units::{parse_size, ByteSize, SizeParseError};
