@@ -1049,7 +1049,7 @@ impl Shared {
                 }
             }
 
-            reasons.sort_by(|a, b| b.level().cmp(&a.level()));
+            reasons.sort_by_key(|r| core::cmp::Reverse(r.level()));
             let level = reasons.first().map_or(PressureLevel::Low, Reason::level);
             st.samples += 1;
             st.levels[level.index()].samples += 1;
@@ -1390,9 +1390,25 @@ impl MonitorHandle {
         self.shared.config.interval
     }
 
+    /// Time since the monitor was built.
+    ///
+    /// ```
+    /// let monitor = limited_allocator::MemoryMonitor::builder().build()?;
+    /// assert!(monitor.uptime() < std::time::Duration::from_secs(3600));
+    /// # Ok::<(), limited_allocator::MonitorError>(())
+    /// ```
+    pub fn uptime(&self) -> Duration {
+        self.shared.started.elapsed()
+    }
+
     /// The watched budget, if any.
     pub(crate) fn source(&self) -> Option<&dyn BudgetSource> {
         self.shared.source.as_deref()
+    }
+
+    /// A (cached) reading of the monitor's sampler.
+    pub(crate) fn sampler_reading(&self) -> MemorySample {
+        self.shared.sampler.sample()
     }
 }
 
@@ -1616,10 +1632,9 @@ mod tests {
     }
 
     /// Records every event; the listener also notes its thread's name.
-    fn recorder() -> (
-        Arc<Mutex<Vec<(MonitorEvent, Option<String>)>>>,
-        impl Fn(&MonitorEvent) + Send + Sync + 'static,
-    ) {
+    type Recorded = Arc<Mutex<Vec<(MonitorEvent, Option<String>)>>>;
+
+    fn recorder() -> (Recorded, impl Fn(&MonitorEvent) + Send + Sync + 'static) {
         let events = Arc::new(Mutex::new(Vec::new()));
         let sink = Arc::clone(&events);
         let listener = move |e: &MonitorEvent| {

@@ -292,7 +292,8 @@ mod svg {
             }
         }
 
-        let series: [(&str, RGBColor, fn(&TimelinePoint) -> Option<u64>); 3] = [
+        type Getter = fn(&TimelinePoint) -> Option<u64>;
+        let series: [(&str, RGBColor, Getter); 3] = [
             ("allocated", RGBColor(31, 119, 180), |p| p.allocated_bytes),
             ("rss", RGBColor(148, 103, 189), |p| p.rss_bytes),
             ("limit", RGBColor(200, 0, 0), |p| p.limit_bytes()),
