@@ -43,8 +43,8 @@ mod report;
 mod reservation;
 mod sampler;
 mod stats;
-mod timeline;
 mod thread_cache;
+mod timeline;
 mod units;
 
 pub use allocator::LimitedAllocator;
@@ -52,9 +52,9 @@ pub use cgroup::{read_cgroup_memory, CgroupMemory, CgroupVersion};
 pub use config::{limit_from_env, limit_from_var, ConfigError, LIMIT_ENV_VAR};
 pub use error::LimitExceeded;
 pub use leak::{LeakConfig, LeakMetric, LeakSuspected, Trend, TrendDetector};
-pub use metrics::{AllocatorSnapshot, LevelSnapshot, Snapshot};
 #[cfg(feature = "prometheus")]
 pub use metrics::PrometheusCollector;
+pub use metrics::{AllocatorSnapshot, LevelSnapshot, Snapshot};
 pub use monitor::{
     default_psi_thresholds, BudgetSource, LevelStats, LimitSource, MemoryMonitor, MonitorBuilder,
     MonitorError, MonitorEvent, MonitorHandle, MonitorSample, MonitorStats, Reason, Signal,
