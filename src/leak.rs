@@ -161,7 +161,10 @@ impl Default for LeakConfig {
     }
 }
 
-/// Sliding-window trend detection for one series. See the [module docs](self).
+/// Sliding-window trend detection for one series: a least-squares line through the last
+/// `window` of samples; a leak is suspected when the samples cover at least 80 % of the
+/// window, number at least `min_samples`, rise at least `min_bytes_per_sec`, and fit with
+/// R² of at least `min_r_squared`. Raised once per episode, re-armed when it stops holding.
 ///
 /// ```
 /// use limited_allocator::{LeakConfig, LeakMetric, TrendDetector};

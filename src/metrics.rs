@@ -230,7 +230,7 @@ mod prom {
     use std::fmt::Error;
 
     /// A `prometheus-client` collector: register it in the service's own registry and
-    /// every scrape reads a fresh [`Snapshot`]. See the [module docs](super) for the names.
+    /// every scrape reads a fresh [`Snapshot`]. The metric names are listed in `docs/monitoring.md`.
     ///
     /// ```
     /// use limited_allocator::{MemoryMonitor, PrometheusCollector};

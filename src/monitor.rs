@@ -1456,7 +1456,7 @@ impl Drop for StageGuard {
 }
 
 /// A running (or, from [`MonitorBuilder::build`], manually driven) pressure monitor. See
-/// the [module docs](self) for the signals. Queries live on [`MonitorHandle`], which this
+/// `docs/monitoring.md` for the signals. Queries live on [`MonitorHandle`], which this
 /// dereferences to.
 ///
 /// ```

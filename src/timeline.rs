@@ -60,7 +60,8 @@ impl TimelinePoint {
     }
 }
 
-/// A bounded record of [`TimelinePoint`]s. See the [module docs](self).
+/// A bounded record of [`TimelinePoint`]s: when full, every second point is dropped, so a
+/// long run keeps its whole shape at a coarser resolution.
 ///
 /// ```
 /// use limited_allocator::{PressureLevel, Timeline, TimelinePoint};
