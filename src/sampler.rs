@@ -578,7 +578,10 @@ mod tests {
         let after = direct();
         let (low, high) = (before.min(after) * 0.97, before.max(after) * 1.03);
         let sampled = sample.rss_bytes.unwrap() as f64;
-        assert!(low <= sampled && sampled <= high, "{sampled} vs {before}..{after}");
+        assert!(
+            low <= sampled && sampled <= high,
+            "{sampled} vs {before}..{after}"
+        );
         assert!(sample.rss_anon_bytes.unwrap() <= sample.rss_bytes.unwrap());
         assert!(sample.peak_rss_bytes.unwrap() >= sample.rss_bytes.unwrap() / 2);
         let total = sample.system_total_bytes.unwrap();
