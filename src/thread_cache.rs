@@ -253,8 +253,14 @@ pub(crate) fn with_live_cache<R>(f: impl FnOnce(&ThreadCache) -> R) -> Option<R>
                 cache.state.set(REGISTERING);
                 // Touching EXIT registers its destructor; that may allocate and re-enter
                 // the allocator, which then sees REGISTERING and takes the exact path.
-                EXIT.with(|_| {});
-                cache.state.set(LIVE);
+                // `try_with` because a thread's first allocation may come from another
+                // thread-local's destructor, when registering is no longer possible: then
+                // this thread never holds credit.
+                let registered = EXIT.try_with(|_| {}).is_ok();
+                cache.state.set(if registered { LIVE } else { EXITED });
+                if !registered {
+                    return None;
+                }
             }
             _ => return None,
         }
