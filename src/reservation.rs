@@ -373,7 +373,7 @@ impl<'a, A> Reservation<'a, A> {
     /// several threads at once.
     ///
     /// # Panics
-    /// If the allocator has no slot in the process-wide table (more than 63 allocators with
+    /// If the allocator has no slot in the process-wide table (more than 64 allocators with
     /// a thread cache are alive at once, or it was built with
     /// [`new_exact`](LimitedAllocator::new_exact)); use [`try_enter`](Self::try_enter) to
     /// handle that case.
@@ -455,12 +455,12 @@ impl<A> Drop for Reservation<'_, A> {
 }
 
 /// A reservation could not be entered: its allocator has no slot in the process-wide table
-/// (it was built with [`LimitedAllocator::new_exact`], or more than 63 allocators with a
+/// (it was built with [`LimitedAllocator::new_exact`], or more than 64 allocators with a
 /// thread cache are alive at once).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error(
     "cannot enter the reservation: its allocator has no per-thread slot (built with \
-     new_exact, or more than 63 allocators with a thread cache are alive)"
+     new_exact, or more than 64 allocators with a thread cache are alive)"
 )]
 pub struct EnterError;
 
