@@ -7,8 +7,8 @@
 //!
 //! Credit is taken in batches of at most [`MAX_BATCH`] and at most 1/[`HEADROOM_SHARE`] of
 //! the headroom left, so batches shrink to nothing (exact per-call accounting) as the budget
-//! fills. A thread keeps at most [`HOLD_MAX`] of freed bytes as credit; the rest goes back at
-//! once. When a request is refused, the instance's credit epoch is advanced, which makes
+//! fills. A thread keeps at most [`HOLD_MAX`], and at most 1/[`HOLD_SHARE`] of the headroom,
+//! of freed bytes as credit; past that it hands back all but half the allowance. When a request is refused, the instance's credit epoch is advanced, which makes
 //! every thread hand its credit back on its next call.
 //!
 //! What "exact" means here: read on one thread, `allocated_bytes()` is `charged` minus that
@@ -28,6 +28,9 @@ pub(crate) const MAX_BATCH: usize = 256 << 10;
 pub(crate) const HOLD_MAX: usize = 2 * MAX_BATCH;
 /// A refill takes at most this fraction (1/N) of the headroom left after the request.
 pub(crate) const HEADROOM_SHARE: usize = 32;
+/// A thread keeps at most this fraction (1/N) of the headroom (as of its last slow path)
+/// in freed bytes.
+pub(crate) const HOLD_SHARE: usize = 8;
 
 /// Read on every call: written only by `set_limit`, threshold changes, and epoch bumps.
 struct Hot {
@@ -172,7 +175,7 @@ impl Core {
     pub(crate) fn release(&self, size: usize, op: Op) {
         let token = self.hot.token.load(Relaxed);
         let spent = thread_cache::with_cache(|c| match c.entry(token) {
-            Some(e) => e.try_refund(token, size, op, HOLD_MAX),
+            Some(e) => e.try_refund(token, size, op),
             None => Spent::No,
         });
         match spent {
@@ -252,8 +255,10 @@ impl Core {
         }
         let credit = e.credit.get().saturating_add(size);
         e.credit.set(credit);
-        if credit > HOLD_MAX {
-            self.give_back(e, credit - MAX_BATCH);
+        let hold = e.hold.get();
+        if credit > hold {
+            // Keep half the allowance so the next few frees stay on the fast path.
+            self.give_back(e, credit - hold / 2);
         }
         if e.count(op) {
             self.publish(e);
@@ -475,9 +480,12 @@ impl Core {
         self.rebase(e, after);
     }
 
-    /// Publishes the entry's window and opens a new one at charge `after`.
+    /// Publishes the entry's window and opens a new one at charge `after`; resizes the
+    /// entry's hold allowance to the headroom left.
     fn rebase(&self, e: &Entry, after: usize) {
         self.publish(e);
+        let headroom = self.limit().saturating_sub(after);
+        e.hold.set((headroom / HOLD_SHARE).min(HOLD_MAX));
         e.base.set(after);
         e.low.set(e.credit.get());
         e.peak_gen.set(self.cold.peak_gen.load(Relaxed));

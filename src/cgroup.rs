@@ -19,6 +19,17 @@ use std::path::{Path, PathBuf};
 const V1_UNLIMITED_FROM: u64 = 1 << 62;
 
 /// Which cgroup hierarchy the memory controller was found in.
+///
+/// ```
+/// use limited_allocator::{read_cgroup_memory, CgroupVersion};
+/// if let Some(cg) = read_cgroup_memory(std::path::Path::new("/")) {
+///     let file = match cg.version {
+///         CgroupVersion::V1 => "memory.limit_in_bytes",
+///         CgroupVersion::V2 => "memory.max",
+///     };
+///     println!("limit read from {}/{file}", cg.dir.display());
+/// }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum CgroupVersion {
     /// The legacy per-controller hierarchy (`memory.limit_in_bytes`).
@@ -29,6 +40,12 @@ pub enum CgroupVersion {
 
 /// The memory controller's numbers for this process's cgroup. Each field is `None` when
 /// its file is missing or unreadable, never a guess.
+///
+/// ```
+/// let cg = limited_allocator::read_cgroup_memory(std::path::Path::new("/"));
+/// let container_limit = cg.and_then(|c| c.limit); // None: no limit, or not in a container
+/// println!("{container_limit:?}");
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct CgroupMemory {

@@ -86,11 +86,13 @@ pub(crate) fn claim(id: u64, want_cache: bool) -> Option<usize> {
     } else {
         (CACHED_SLOTS..SLOTS, 0..CACHED_SLOTS)
     };
+    // Look before swapping: a failed compare-exchange still takes the cache line.
     first.chain(second).find(|&i| {
-        TABLE[i]
-            .owner
-            .compare_exchange(FREE, id, Ordering::AcqRel, Ordering::Relaxed)
-            .is_ok()
+        let owner = &TABLE[i].owner;
+        owner.load(Ordering::Relaxed) == FREE
+            && owner
+                .compare_exchange(FREE, id, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
     })
 }
 

@@ -24,6 +24,13 @@ use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*};
 use std::alloc::{GlobalAlloc, Layout, System};
 
 /// What an entered reservation does with an allocation that its headroom cannot cover.
+///
+/// ```
+/// use limited_allocator::{LimitedAllocator, Overflow};
+/// let a = LimitedAllocator::new(std::alloc::System, 1 << 20);
+/// let query = a.try_reserve(1024).unwrap();
+/// query.set_overflow(Overflow::Refuse); // the query may not take more than 1 KiB
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Overflow {
     /// Take the bytes from the allocator's shared budget (still bounded by its limit).
@@ -373,7 +380,7 @@ impl<'a, A> Reservation<'a, A> {
     /// several threads at once.
     ///
     /// # Panics
-    /// If the allocator has no slot in the process-wide table (more than 63 allocators with
+    /// If the allocator has no slot in the process-wide table (more than 64 allocators with
     /// a thread cache are alive at once, or it was built with
     /// [`new_exact`](LimitedAllocator::new_exact)); use [`try_enter`](Self::try_enter) to
     /// handle that case.
@@ -455,17 +462,33 @@ impl<A> Drop for Reservation<'_, A> {
 }
 
 /// A reservation could not be entered: its allocator has no slot in the process-wide table
-/// (it was built with [`LimitedAllocator::new_exact`], or more than 63 allocators with a
+/// (it was built with [`LimitedAllocator::new_exact`], or more than 64 allocators with a
 /// thread cache are alive at once).
+///
+/// ```
+/// let exact = limited_allocator::LimitedAllocator::new_exact(std::alloc::System, 100);
+/// let r = exact.try_reserve(10).unwrap();
+/// let err: limited_allocator::EnterError = r.try_enter().unwrap_err();
+/// assert!(err.to_string().starts_with("cannot enter the reservation"));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error(
     "cannot enter the reservation: its allocator has no per-thread slot (built with \
-     new_exact, or more than 63 allocators with a thread cache are alive)"
+     new_exact, or more than 64 allocators with a thread cache are alive)"
 )]
 pub struct EnterError;
 
 /// While alive, this thread's allocations are served from the entered reservation.
 /// Returned by [`Reservation::enter`]; not `Send` (entering is per thread).
+///
+/// ```
+/// let a = limited_allocator::LimitedAllocator::new(std::alloc::System, 1 << 20);
+/// let r = a.try_reserve(4096).unwrap();
+/// let outer = r.enter();
+/// let inner = r.enter(); // guards nest
+/// drop(inner);
+/// drop(outer);
+/// ```
 #[must_use = "the reservation is left as soon as the guard drops"]
 pub struct EnterGuard<'r> {
     core: &'r Core,

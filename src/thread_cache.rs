@@ -82,6 +82,10 @@ pub(crate) struct Entry {
     pub token: Cell<u64>,
     /// Bytes charged to the instance's budget and not yet spent by this thread.
     pub credit: Cell<usize>,
+    /// The most credit this thread may keep from frees: `HOLD_MAX` far from the limit,
+    /// shrinking with the headroom (set on each slow path), so near the limit freed bytes
+    /// go straight back to the shared budget.
+    pub hold: Cell<usize>,
     /// The lowest `credit` since the window opened (for the peak).
     pub low: Cell<usize>,
     /// The instance's charge when the window opened.
@@ -100,6 +104,7 @@ impl Entry {
         Self {
             token: Cell::new(0),
             credit: Cell::new(0),
+            hold: Cell::new(0),
             low: Cell::new(0),
             base: Cell::new(0),
             peak_gen: Cell::new(0),
@@ -143,6 +148,7 @@ impl Entry {
     pub fn clear(&self, token: u64) {
         self.token.set(token);
         self.credit.set(0);
+        self.hold.set(0);
         self.low.set(0);
         self.base.set(0);
         self.allocs.set(0);
@@ -174,12 +180,13 @@ impl Entry {
     }
 
     /// Tries to take `size` freed bytes back as credit for `token`: the fast path of
-    /// `dealloc`. Refuses when that would hold more than `hold_max`.
+    /// `dealloc`. Refuses when that would hold more than `hold`.
     #[inline(always)]
-    pub fn try_refund(&self, token: u64, size: usize, op: Op, hold_max: usize) -> Spent {
+    pub fn try_refund(&self, token: u64, size: usize, op: Op) -> Spent {
         if self.token.get() != token {
             return Spent::No;
         }
+        let hold_max = self.hold.get();
         let credit = self.credit.get();
         if size > hold_max - credit.min(hold_max) {
             return Spent::No;
@@ -253,8 +260,14 @@ pub(crate) fn with_live_cache<R>(f: impl FnOnce(&ThreadCache) -> R) -> Option<R>
                 cache.state.set(REGISTERING);
                 // Touching EXIT registers its destructor; that may allocate and re-enter
                 // the allocator, which then sees REGISTERING and takes the exact path.
-                EXIT.with(|_| {});
-                cache.state.set(LIVE);
+                // `try_with` because a thread's first allocation may come from another
+                // thread-local's destructor, when registering is no longer possible: then
+                // this thread never holds credit.
+                let registered = EXIT.try_with(|_| {}).is_ok();
+                cache.state.set(if registered { LIVE } else { EXITED });
+                if !registered {
+                    return None;
+                }
             }
             _ => return None,
         }
@@ -320,8 +333,9 @@ mod tests {
         assert_eq!(e.try_spend(t, 101, Op::Alloc), Spent::No);
         assert_eq!(e.try_spend(t, 60, Op::Alloc), Spent::Yes);
         assert_eq!((e.credit.get(), e.low.get(), e.allocs.get()), (40, 40, 1));
-        assert_eq!(e.try_refund(t, 30, Op::Dealloc, 50), Spent::No);
-        assert_eq!(e.try_refund(t, 10, Op::Dealloc, 50), Spent::Yes);
+        e.hold.set(50);
+        assert_eq!(e.try_refund(t, 30, Op::Dealloc), Spent::No);
+        assert_eq!(e.try_refund(t, 10, Op::Dealloc), Spent::Yes);
         assert_eq!((e.credit.get(), e.low.get()), (50, 40));
         assert_eq!(e.try_spend(token::next_epoch(t), 1, Op::Alloc), Spent::No);
     }
