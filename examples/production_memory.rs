@@ -8,10 +8,15 @@
 //! 2. a pre-flight check before a large step, and a race-free reservation for it;
 //! 3. reading the pressure level and halving the batch size under pressure;
 //! 4. a refusal handled gracefully (`try_reserve` / `Vec::try_reserve`), not an abort;
-//! 5. a final report of the numbers.
+//! 5. a final report of the numbers, and a picture of the run: `memory-timeline.svg`
+//!    (allocated bytes, RSS and the limit over time, pressure levels as bands), recorded by
+//!    the background `MemoryMonitor`.
 
-use limited_allocator::{limit_from_env, ByteSize, LimitedAllocator, PressureLevel};
+use limited_allocator::{
+    limit_from_env, ByteSize, LimitedAllocator, MemoryMonitor, PressureLevel, Timeline,
+};
 use std::alloc::System;
+use std::time::Duration;
 
 #[global_allocator]
 static ALLOC: LimitedAllocator = LimitedAllocator::new(System, LimitedAllocator::UNLIMITED);
@@ -22,7 +27,7 @@ const MIN_BATCH_ROWS: usize = 1 << 16;
 /// The budget when `LIMITED_ALLOCATOR_LIMIT` is unset.
 const DEFAULT_LIMIT: usize = 96 << 20;
 
-fn main() {
+fn main() -> Result<(), Box<dyn std::error::Error>> {
     // 1. Configure. A bad value is an error that names the variable; we refuse to start.
     let limit = match limit_from_env() {
         Ok(Some(bytes)) => bytes,
@@ -39,12 +44,22 @@ fn main() {
         ByteSize(ALLOC.allocated_bytes())
     );
 
+    // A monitor thread samples the allocator, RSS and the cgroup, prints level changes
+    // with their reasons, and records a timeline for the picture.
+    let mut monitor = MemoryMonitor::builder()
+        .allocator(&ALLOC)
+        .interval(Duration::from_millis(20))
+        .record_timeline(Timeline::DEFAULT_CAPACITY)
+        .listener(|event| println!("monitor: {event}"))
+        .start()?;
+
     // 2. Pre-flight before a large step: a cheap look, then a race-free hold.
     let table_bytes = ALLOC.limit() / 3;
     match ALLOC.check_can_allocate(table_bytes) {
         Ok(()) => println!("pre-flight: a {} lookup table fits", ByteSize(table_bytes)),
         Err(e) => println!("pre-flight: {e}"),
     }
+    let build = monitor.stage("build-lookup");
     let lookup: Vec<u64> = match ALLOC.try_reserve(table_bytes) {
         Ok(held) => {
             // The bytes are ours until `held` drops; build the table inside them.
@@ -62,7 +77,10 @@ fn main() {
         }
     };
 
+    drop(build);
+
     // 3. Process batches, halving the batch size under pressure.
+    let _batches = monitor.stage("batches");
     let mut batch_rows = 1 << 20;
     let mut kept: Vec<Vec<u64>> = Vec::new();
     let mut processed = 0usize;
@@ -96,6 +114,7 @@ fn main() {
         batch.extend((0..rows as u64).map(|i| i ^ step as u64));
         processed += batch.len();
         kept.push(batch); // a cache that grows until pressure makes us shed it
+        std::thread::sleep(Duration::from_millis(15)); // let the monitor see each step
     }
 
     // A request that can never fit is refused with every number in the error.
@@ -127,4 +146,29 @@ fn main() {
         ByteSize(s.largest_refusal_bytes)
     );
     assert!(s.peak_bytes <= s.limit_bytes, "the hard limit held");
+
+    drop(_batches);
+    monitor.stop();
+    let m = monitor.stats();
+    println!(
+        "monitor samples      {} ({} level changes)",
+        m.samples, m.transitions
+    );
+    for stage in monitor.stage_stats() {
+        let peak = stage.peak_allocated_bytes.unwrap_or(0) as usize;
+        let rss = stage.peak_rss_bytes.unwrap_or(0) as usize;
+        println!(
+            "stage {:<14} peak allocated {}, peak RSS {}, {} samples",
+            stage.name,
+            ByteSize(peak),
+            ByteSize(rss),
+            stage.samples
+        );
+    }
+    if let Some(timeline) = monitor.timeline() {
+        let path = std::env::current_dir()?.join("memory-timeline.svg");
+        timeline.write_svg(&path)?;
+        println!("\nmemory timeline written to {}", path.display());
+    }
+    Ok(())
 }
