@@ -19,7 +19,7 @@
 use crate::registry::{self, Post, SLOTS};
 use crate::reservation::ReservationState;
 use crate::thread_cache::{self, token, Entry, Op, Spent, ThreadCache};
-use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering::*};
 use crossbeam_utils::CachePadded;
 
 /// The most credit a thread takes in one refill.
@@ -55,6 +55,8 @@ struct Cold {
     inner_failures: AtomicU64,
     reserved: AtomicUsize,
     claimed: AtomicUsize,
+    /// The Arrow pool role (see `arrow_pool`): 0 undecided, else a `PoolRole` code.
+    pool_role: AtomicU8,
 }
 
 /// The counters of [`Core::counts`].
@@ -104,6 +106,7 @@ impl Core {
                 inner_failures: AtomicU64::new(0),
                 reserved: AtomicUsize::new(0),
                 claimed: AtomicUsize::new(0),
+                pool_role: AtomicU8::new(0),
             }),
         }
     }
@@ -344,7 +347,7 @@ impl Core {
     }
 
     /// Adds bytes to the charge even past the limit (Arrow's infallible `reserve`).
-    #[allow(dead_code)] // used by the Arrow pool (issue 4)
+    #[cfg_attr(not(feature = "arrow"), allow(dead_code))] // the Arrow pool
     pub(crate) fn charge_unchecked(&self, bytes: usize) {
         let after = self.charged.fetch_add(bytes, Relaxed).saturating_add(bytes);
         self.note_own_change(after);
@@ -558,6 +561,15 @@ impl Core {
         self.cold.deallocs.fetch_add(post.deallocs, Relaxed);
         self.cold.reallocs.fetch_add(post.reallocs, Relaxed);
         self.cold.peak.fetch_max(post.peak, Relaxed);
+        if post.claimed > post.unclaimed {
+            self.cold
+                .claimed
+                .fetch_add(post.claimed - post.unclaimed, Relaxed);
+        } else if post.unclaimed > post.claimed {
+            self.cold
+                .claimed
+                .fetch_sub(post.unclaimed - post.claimed, Relaxed);
+        }
     }
 
     // ---- entered reservations ---------------------------------------------------------
@@ -639,14 +651,20 @@ impl Core {
         self.cold.reserved.fetch_sub(bytes, Relaxed);
     }
 
-    #[allow(dead_code)] // used by the Arrow pool (issue 4)
+    #[cfg_attr(not(feature = "arrow"), allow(dead_code))] // the Arrow pool
     pub(crate) fn add_claimed(&self, bytes: usize) {
         self.cold.claimed.fetch_add(bytes, Relaxed);
     }
 
-    #[allow(dead_code)] // used by the Arrow pool (issue 4)
-    pub(crate) fn sub_claimed(&self, bytes: usize) {
-        self.cold.claimed.fetch_sub(bytes, Relaxed);
+    /// The Arrow pool role code (0 = not decided yet).
+    #[cfg_attr(not(feature = "arrow"), allow(dead_code))] // the Arrow pool
+    pub(crate) fn pool_role_code(&self) -> u8 {
+        self.cold.pool_role.load(Relaxed)
+    }
+
+    #[cfg_attr(not(feature = "arrow"), allow(dead_code))] // the Arrow pool
+    pub(crate) fn set_pool_role_code(&self, code: u8) {
+        self.cold.pool_role.store(code, Relaxed);
     }
 
     // ---- reading ------------------------------------------------------------------------
@@ -712,7 +730,7 @@ impl Core {
 
     /// This instance's registry slot and id, registering it if needed; `None` when the
     /// table is full.
-    #[allow(dead_code)] // used by the Arrow pool (issue 4)
+    #[cfg_attr(not(feature = "arrow"), allow(dead_code))] // the Arrow pool
     pub(crate) fn mailbox(&self) -> Option<(usize, u64)> {
         let t = self.token();
         let slot = token::slot(t);

@@ -31,11 +31,17 @@
 
 mod accounting;
 mod allocator;
+#[cfg(feature = "allocator-api2")]
+mod allocator_api;
+#[cfg(feature = "arrow")]
+mod arrow_pool;
 mod cgroup;
+mod chunking;
 mod config;
 mod error;
 mod pressure;
 mod registry;
+mod release;
 mod report;
 mod reservation;
 mod stats;
@@ -43,10 +49,18 @@ mod thread_cache;
 mod units;
 
 pub use allocator::LimitedAllocator;
+#[cfg(feature = "arrow")]
+pub use arrow_pool::PoolRole;
 pub use cgroup::{read_cgroup_memory, CgroupMemory, CgroupVersion};
+#[cfg(feature = "arrow")]
+pub use chunking::SliceRows;
+pub use chunking::{
+    process_in_chunks, AdaptiveChunker, ChunkConfig, ChunkError, ChunkReport, LevelTime,
+};
 pub use config::{limit_from_env, limit_from_var, ConfigError, LIMIT_ENV_VAR};
 pub use error::LimitExceeded;
 pub use pressure::{HysteresisLevel, PressureLevel, PressureThresholds, ThresholdError};
+pub use release::release_free_memory;
 pub use reservation::{EnterError, EnterGuard, Overflow, Reservation};
 pub use stats::AllocatorStats;
 pub use units::{parse_size, ByteSize, SizeParseError};

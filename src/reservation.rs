@@ -324,6 +324,23 @@ impl<'a, A> Reservation<'a, A> {
         Ok(())
     }
 
+    /// Adds `additional` bytes of headroom, past the limit if need be (Arrow's infallible
+    /// `MemoryReservation::resize`): charged anyway, so the budget reads overfilled and the
+    /// next fallible request is refused.
+    #[cfg_attr(not(feature = "arrow"), allow(dead_code))]
+    pub(crate) fn grow_overfill(&self, additional: usize) {
+        let core = self.owner.core();
+        if core.reserve(additional).is_err() {
+            core.charge_unchecked(additional);
+        }
+        let added = self
+            .state()
+            .held
+            .fetch_update(AcqRel, Acquire, |h| (h != CLOSED).then(|| h + additional));
+        debug_assert!(added.is_ok(), "a live reservation is never closed");
+        core.add_reserved(additional);
+    }
+
     /// Gives up to `bytes` of unspent headroom back to the shared budget; returns how many
     /// were given back (at most [`headroom`](Self::headroom)).
     ///

@@ -282,6 +282,7 @@ impl Drop for ExitGuard {
                     deallocs,
                     reallocs,
                     peak: entry.peak_candidate(),
+                    ..Post::default()
                 };
                 registry::post(slot, token::id(token), post);
                 entry.clear(0);
