@@ -576,9 +576,10 @@ impl Core {
 
     fn entered<'e>(&self, e: &'e Entry) -> &'e ReservationState {
         // SAFETY: ENTERED is set on an entry only together with a non-null `entered`
-        // pointer, which holds one counted reference to a heap-allocated state (see
-        // `ReservationState::retain`); the reference is dropped only after both are
-        // cleared, so the pointee outlives this borrow.
+        // pointer to the state of a live frame of this thread's enter stack, and a frame
+        // holds one counted reference to its heap-allocated state (see
+        // `ReservationState::retain`). `leave` repoints the entry before it releases a
+        // removed frame's reference, so the pointee outlives this borrow.
         unsafe { &*e.entered.get() }
     }
 
@@ -612,35 +613,48 @@ impl Core {
     }
 
     /// Makes `state` the innermost entered reservation of this thread. The caller's
-    /// reference to `state` moves into the thread's entry; the reference to the reservation
-    /// it replaces moves out, returned for [`leave`](Self::leave). `None` (nothing moved)
-    /// when the instance has no cached slot.
-    pub(crate) fn enter(&self, state: *const ReservationState) -> Option<*const ReservationState> {
+    /// reference to `state` moves into a frame of this thread's [`EnterStack`]; returns the
+    /// frame's index for [`leave`](Self::leave). `None` (nothing moved) when the instance has
+    /// no cached slot or the thread has [`MAX_ENTERED`] reservations entered already.
+    ///
+    /// [`EnterStack`]: thread_cache::EnterStack
+    /// [`MAX_ENTERED`]: thread_cache::MAX_ENTERED
+    pub(crate) fn enter(&self, state: *const ReservationState) -> Option<usize> {
         thread_cache::with_live_cache(|c| {
             let e = self.sync_entry(c)?;
-            let previous = e.entered.replace(state);
+            let id = token::id(self.token());
+            let index = thread_cache::with_enter_stack(|s| s.push(id, state)).flatten()?;
+            e.entered.set(state);
             e.token.set(e.token.get() | token::ENTERED);
-            Some(previous)
+            Some(index)
         })
         .flatten()
     }
 
-    /// Puts `previous` (and its reference) back as this thread's entered reservation and
-    /// returns the pointer it replaces, whose reference the caller now owns. Guards dropped
-    /// out of order therefore never leave the entry without a reference to its target.
-    pub(crate) fn leave(&self, previous: *const ReservationState) -> *const ReservationState {
-        self.own_entry(|e| {
-            let current = e.entered.replace(previous);
+    /// Leaves the reservation entered as frame `index`: marks the frame dead, removes the
+    /// dead frames on top of the stack, and points this thread's entry at the innermost live
+    /// frame of this instance (not entered if none). Calls `release` once for each removed
+    /// frame's reference, after the entry is consistent again (releasing may free memory,
+    /// which comes back through this allocator).
+    pub(crate) fn leave(&self, index: usize, release: impl FnMut(*const ReservationState)) {
+        let mut removed = [core::ptr::null(); thread_cache::MAX_ENTERED];
+        let id = token::id(self.hot.token.load(Acquire));
+        let (n, innermost) = thread_cache::with_enter_stack(|s| {
+            let n = s.kill(index, &mut removed);
+            (n, s.innermost(id))
+        })
+        .unwrap_or((0, core::ptr::null()));
+        let _ = self.own_entry(|e| {
+            e.entered.set(innermost);
             let flags = e.token.get() & !token::ENTERED;
-            let entered = if previous.is_null() {
+            let entered = if innermost.is_null() {
                 0
             } else {
                 token::ENTERED
             };
             e.token.set(flags | entered);
-            current
-        })
-        .unwrap_or(previous)
+        });
+        removed[..n].iter().copied().for_each(release);
     }
 
     pub(crate) fn add_reserved(&self, bytes: usize) {
