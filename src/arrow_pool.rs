@@ -125,7 +125,9 @@ impl<A: GlobalAlloc> LimitedAllocator<A> {
         let layout = Layout::new::<[u64; 2]>();
         let probe = |check: &dyn Fn() -> bool| {
             // SAFETY: the layout has a non-zero size.
-            let p = unsafe { std::alloc::alloc(layout) };
+            // `black_box`: an unused allocation may be optimised away, and then the probe
+            // would see nothing (a global instance would read as standalone).
+            let p = core::hint::black_box(unsafe { std::alloc::alloc(layout) });
             let seen = check();
             if !p.is_null() {
                 // SAFETY: `p` was just allocated by the global allocator with `layout`.
