@@ -31,8 +31,9 @@ use crate::LimitedAllocator;
 use arrow_buffer::{MemoryPool, MemoryReservation};
 use std::alloc::{GlobalAlloc, Layout};
 
-/// Which way an instance accounts Arrow claims; see the [module docs](self) and
-/// [`LimitedAllocator::set_pool_role`].
+/// Which way an instance accounts Arrow claims ([`arrow_buffer::MemoryPool`]): charged to
+/// its budget (a standalone pool) or attributed only (the global allocator, which already
+/// charged the bytes). Set with [`LimitedAllocator::set_pool_role`]; see `docs/arrow.md`.
 ///
 /// ```
 /// use limited_allocator::{LimitedAllocator, PoolRole};

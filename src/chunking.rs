@@ -230,7 +230,16 @@ impl ChunkReport {
     }
 }
 
-/// Hands out row ranges sized by memory pressure; see the [module docs](self).
+/// Hands out row ranges sized by memory pressure.
+///
+/// Every [`check_every`](ChunkConfig::check_every) chunks (and before the first) it reads
+/// the budget's [`PressureLevel`]: at Low the chunk size doubles (one step per check, never
+/// above [`start_rows`](ChunkConfig::start_rows)), at Medium it stays, at High it halves, and
+/// at Critical it first runs the release hooks and [`release_free_memory`], reads the
+/// level again and, if still Critical, quarters (never below
+/// [`min_rows`](ChunkConfig::min_rows)). Before each chunk it shrinks the chunk to the rows
+/// whose estimated bytes fit in the budget's headroom; when not even the floor chunk fits
+/// (after one release round) it yields [`ChunkError::CannotAfford`] and then ends.
 ///
 /// ```
 /// use limited_allocator::{AdaptiveChunker, ChunkConfig, LimitedAllocator};
