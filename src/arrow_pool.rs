@@ -49,8 +49,9 @@ pub enum PoolRole {
     /// allocation was drawn from that reservation (only the calling thread can touch it, so
     /// the answer is exact under any concurrency), otherwise nothing reached it. An instance
     /// that cannot enter reservations ([`LimitedAllocator::new_exact`], or no free thread
-    /// slot) is probed by its allocation count instead, which another thread allocating
-    /// through the same instance at that moment can disturb: set the role explicitly there.
+    /// slot) is probed by its count of allocations and refusals instead, which another
+    /// thread allocating through the same instance at that moment can disturb (reading a
+    /// standalone instance as global): set the role explicitly there.
     /// The answer is remembered until [`LimitedAllocator::set_pool_role`] is called.
     #[default]
     Auto,
@@ -143,10 +144,16 @@ impl<A: GlobalAlloc> LimitedAllocator<A> {
                 return seen;
             }
         }
-        // No thread slot: compare the allocation count around the probe, three times.
+        // No thread slot (or this thread is entered in a reservation that refused even the
+        // probe's bookkeeping): compare the instance's count of allocations and refusals
+        // around the probe, three times.
+        let seen = || {
+            let c = self.core().counts();
+            c.allocs + c.refusals
+        };
         (0..3).all(|_| {
-            let before = self.core().counts().allocs;
-            probe(&|| self.core().counts().allocs > before)
+            let before = seen();
+            probe(&|| seen() > before)
         })
     }
 }
