@@ -126,9 +126,9 @@ impl<A: GlobalAlloc> LimitedAllocator<A> {
     fn probe_is_global(&self) -> bool {
         let layout = Layout::new::<[u64; 2]>();
         let probe = |check: &dyn Fn() -> bool| {
-            // SAFETY: the layout has a non-zero size.
             // `black_box`: an unused allocation may be optimised away, and then the probe
             // would see nothing (a global instance would read as standalone).
+            // SAFETY: the layout has a non-zero size.
             let p = core::hint::black_box(unsafe { std::alloc::alloc(layout) });
             let seen = check();
             if !p.is_null() {

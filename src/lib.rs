@@ -25,7 +25,8 @@
 //! ```
 //!
 //! Guides: `docs/production.md` (choosing a limit, what happens at it), `docs/performance.md`
-//! (the fast path and what it costs).
+//! (the fast path and what it costs), `docs/arrow.md` (the Arrow pool, per-operation
+//! budgets, collections on their own budget, adaptive chunking).
 #![deny(missing_docs)]
 #![warn(unsafe_op_in_unsafe_fn)]
 
