@@ -305,24 +305,24 @@ fn many_threads_share_a_refusing_cap() {
     let r = a.try_reserve(100 * 1000).unwrap();
     r.set_overflow(Overflow::Refuse);
     let granted = std::sync::atomic::AtomicUsize::new(0);
+    let all_allocated = std::sync::Barrier::new(THREADS);
     std::thread::scope(|s| {
         for _ in 0..THREADS {
             s.spawn(|| {
                 let _g = r.enter();
                 let ps: Vec<usize> = (0..100).filter_map(|_| alloc(&a, 1000)).collect();
                 granted.fetch_add(ps.len(), std::sync::atomic::Ordering::Relaxed);
-                std::thread::sleep(std::time::Duration::from_millis(20));
+                all_allocated.wait(); // everything is held at once
                 for p in ps {
                     free(&a, p, 1000);
                 }
             });
         }
     });
-    // The allocations the vectors themselves needed are drawn from the cap too, so at most
-    // 100 blocks of 1000 bytes were granted in total.
-    let granted = granted.into_inner();
-    assert!(granted <= 100, "{granted}");
-    assert!(r.peak_used() <= 100 * 1000);
+    // 400 attempts, nothing freed before all were made: exactly the 100 blocks of 1000
+    // bytes that fit in the cap were granted.
+    assert_eq!(granted.into_inner(), 100);
+    assert_eq!(r.peak_used(), 100 * 1000);
     assert!(r.refusals() > 0);
     drop(r);
     assert_eq!(a.allocated_bytes(), 0);
