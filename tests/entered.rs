@@ -327,3 +327,29 @@ fn many_threads_share_a_refusing_cap() {
     drop(r);
     assert_eq!(a.allocated_bytes(), 0);
 }
+
+#[test]
+fn reservations_of_two_instances_are_entered_independently() {
+    let a = quiet(1 << 20);
+    let b = quiet(1 << 20);
+    let ra = a.try_reserve(1000).unwrap();
+    let rb = b.try_reserve(1000).unwrap();
+    let ga = ra.enter();
+    let gb = rb.enter();
+    let p = alloc(&a, 100).unwrap();
+    let q = alloc(&b, 200).unwrap();
+    assert_eq!((ra.used(), rb.used()), (100, 200));
+    drop(ga); // out of order across instances: b stays entered, a is left
+    let p2 = alloc(&a, 50).unwrap();
+    let q2 = alloc(&b, 50).unwrap();
+    assert_eq!((ra.used(), rb.used()), (100, 250));
+    drop(gb);
+    for (x, n) in [(p, 100), (p2, 50)] {
+        free(&a, x, n);
+    }
+    for (x, n) in [(q, 200), (q2, 50)] {
+        free(&b, x, n);
+    }
+    drop((ra, rb));
+    assert_eq!((a.allocated_bytes(), b.allocated_bytes()), (0, 0));
+}
