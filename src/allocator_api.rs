@@ -146,7 +146,6 @@ unsafe impl<A: GlobalAlloc> Allocator for LimitedAllocator<A> {
         old: Layout,
         new: Layout,
     ) -> Result<NonNull<[u8]>, AllocError> {
-        debug_assert!(new.size() >= old.size());
         if old.size() == 0 {
             return self.api_fresh(new, false);
         }
@@ -160,7 +159,6 @@ unsafe impl<A: GlobalAlloc> Allocator for LimitedAllocator<A> {
         old: Layout,
         new: Layout,
     ) -> Result<NonNull<[u8]>, AllocError> {
-        debug_assert!(new.size() >= old.size());
         if old.size() == 0 {
             return self.api_fresh(new, true);
         }
@@ -174,7 +172,6 @@ unsafe impl<A: GlobalAlloc> Allocator for LimitedAllocator<A> {
         old: Layout,
         new: Layout,
     ) -> Result<NonNull<[u8]>, AllocError> {
-        debug_assert!(new.size() <= old.size());
         if new.size() == 0 {
             // SAFETY: the caller's contract: `ptr` is ours with layout `old`.
             unsafe { Allocator::deallocate(self, ptr, old) };
