@@ -19,7 +19,7 @@
 use crate::registry::{self, Post, SLOTS};
 use crate::reservation::ReservationState;
 use crate::thread_cache::{self, token, Entry, Op, Spent, ThreadCache};
-use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering::*};
 use crossbeam_utils::CachePadded;
 
 /// The most credit a thread takes in one refill.
@@ -58,6 +58,8 @@ struct Cold {
     inner_failures: AtomicU64,
     reserved: AtomicUsize,
     claimed: AtomicUsize,
+    /// The Arrow pool role (see `arrow_pool`): 0 undecided, else a `PoolRole` code.
+    pool_role: AtomicU8,
 }
 
 /// The counters of [`Core::counts`].
@@ -107,6 +109,7 @@ impl Core {
                 inner_failures: AtomicU64::new(0),
                 reserved: AtomicUsize::new(0),
                 claimed: AtomicUsize::new(0),
+                pool_role: AtomicU8::new(0),
             }),
         }
     }
@@ -349,7 +352,7 @@ impl Core {
     }
 
     /// Adds bytes to the charge even past the limit (Arrow's infallible `reserve`).
-    #[allow(dead_code)] // used by the Arrow pool (issue 4)
+    #[cfg_attr(not(feature = "arrow"), allow(dead_code))] // the Arrow pool
     pub(crate) fn charge_unchecked(&self, bytes: usize) {
         let after = self.charged.fetch_add(bytes, Relaxed).saturating_add(bytes);
         self.note_own_change(after);
@@ -566,15 +569,25 @@ impl Core {
         self.cold.deallocs.fetch_add(post.deallocs, Relaxed);
         self.cold.reallocs.fetch_add(post.reallocs, Relaxed);
         self.cold.peak.fetch_max(post.peak, Relaxed);
+        if post.claimed > post.unclaimed {
+            self.cold
+                .claimed
+                .fetch_add(post.claimed - post.unclaimed, Relaxed);
+        } else if post.unclaimed > post.claimed {
+            self.cold
+                .claimed
+                .fetch_sub(post.unclaimed - post.claimed, Relaxed);
+        }
     }
 
     // ---- entered reservations ---------------------------------------------------------
 
     fn entered<'e>(&self, e: &'e Entry) -> &'e ReservationState {
         // SAFETY: ENTERED is set on an entry only together with a non-null `entered`
-        // pointer, which holds one counted reference to a heap-allocated state (see
-        // `ReservationState::retain`); the reference is dropped only after both are
-        // cleared, so the pointee outlives this borrow.
+        // pointer to the state of a live frame of this thread's enter stack, and a frame
+        // holds one counted reference to its heap-allocated state (see
+        // `ReservationState::retain`). `leave` repoints the entry before it releases a
+        // removed frame's reference, so the pointee outlives this borrow.
         unsafe { &*e.entered.get() }
     }
 
@@ -608,35 +621,48 @@ impl Core {
     }
 
     /// Makes `state` the innermost entered reservation of this thread. The caller's
-    /// reference to `state` moves into the thread's entry; the reference to the reservation
-    /// it replaces moves out, returned for [`leave`](Self::leave). `None` (nothing moved)
-    /// when the instance has no cached slot.
-    pub(crate) fn enter(&self, state: *const ReservationState) -> Option<*const ReservationState> {
+    /// reference to `state` moves into a frame of this thread's [`EnterStack`]; returns the
+    /// frame's index for [`leave`](Self::leave). `None` (nothing moved) when the instance has
+    /// no cached slot or the thread has [`MAX_ENTERED`] reservations entered already.
+    ///
+    /// [`EnterStack`]: thread_cache::EnterStack
+    /// [`MAX_ENTERED`]: thread_cache::MAX_ENTERED
+    pub(crate) fn enter(&self, state: *const ReservationState) -> Option<usize> {
         thread_cache::with_live_cache(|c| {
             let e = self.sync_entry(c)?;
-            let previous = e.entered.replace(state);
+            let id = token::id(self.token());
+            let index = thread_cache::with_enter_stack(|s| s.push(id, state)).flatten()?;
+            e.entered.set(state);
             e.token.set(e.token.get() | token::ENTERED);
-            Some(previous)
+            Some(index)
         })
         .flatten()
     }
 
-    /// Puts `previous` (and its reference) back as this thread's entered reservation and
-    /// returns the pointer it replaces, whose reference the caller now owns. Guards dropped
-    /// out of order therefore never leave the entry without a reference to its target.
-    pub(crate) fn leave(&self, previous: *const ReservationState) -> *const ReservationState {
-        self.own_entry(|e| {
-            let current = e.entered.replace(previous);
+    /// Leaves the reservation entered as frame `index`: marks the frame dead, removes the
+    /// dead frames on top of the stack, and points this thread's entry at the innermost live
+    /// frame of this instance (not entered if none). Calls `release` once for each removed
+    /// frame's reference, after the entry is consistent again (releasing may free memory,
+    /// which comes back through this allocator).
+    pub(crate) fn leave(&self, index: usize, release: impl FnMut(*const ReservationState)) {
+        let mut removed = [core::ptr::null(); thread_cache::MAX_ENTERED];
+        let id = token::id(self.hot.token.load(Acquire));
+        let (n, innermost) = thread_cache::with_enter_stack(|s| {
+            let n = s.kill(index, &mut removed);
+            (n, s.innermost(id))
+        })
+        .unwrap_or((0, core::ptr::null()));
+        let _ = self.own_entry(|e| {
+            e.entered.set(innermost);
             let flags = e.token.get() & !token::ENTERED;
-            let entered = if previous.is_null() {
+            let entered = if innermost.is_null() {
                 0
             } else {
                 token::ENTERED
             };
             e.token.set(flags | entered);
-            current
-        })
-        .unwrap_or(previous)
+        });
+        removed[..n].iter().copied().for_each(release);
     }
 
     pub(crate) fn add_reserved(&self, bytes: usize) {
@@ -647,14 +673,20 @@ impl Core {
         self.cold.reserved.fetch_sub(bytes, Relaxed);
     }
 
-    #[allow(dead_code)] // used by the Arrow pool (issue 4)
+    #[cfg_attr(not(feature = "arrow"), allow(dead_code))] // the Arrow pool
     pub(crate) fn add_claimed(&self, bytes: usize) {
         self.cold.claimed.fetch_add(bytes, Relaxed);
     }
 
-    #[allow(dead_code)] // used by the Arrow pool (issue 4)
-    pub(crate) fn sub_claimed(&self, bytes: usize) {
-        self.cold.claimed.fetch_sub(bytes, Relaxed);
+    /// The Arrow pool role code (0 = not decided yet).
+    #[cfg_attr(not(feature = "arrow"), allow(dead_code))] // the Arrow pool
+    pub(crate) fn pool_role_code(&self) -> u8 {
+        self.cold.pool_role.load(Relaxed)
+    }
+
+    #[cfg_attr(not(feature = "arrow"), allow(dead_code))] // the Arrow pool
+    pub(crate) fn set_pool_role_code(&self, code: u8) {
+        self.cold.pool_role.store(code, Relaxed);
     }
 
     // ---- reading ------------------------------------------------------------------------
@@ -720,7 +752,7 @@ impl Core {
 
     /// This instance's registry slot and id, registering it if needed; `None` when the
     /// table is full.
-    #[allow(dead_code)] // used by the Arrow pool (issue 4)
+    #[cfg_attr(not(feature = "arrow"), allow(dead_code))] // the Arrow pool
     pub(crate) fn mailbox(&self) -> Option<(usize, u64)> {
         let t = self.token();
         let slot = token::slot(t);

@@ -331,6 +331,23 @@ impl<'a, A> Reservation<'a, A> {
         Ok(())
     }
 
+    /// Adds `additional` bytes of headroom, past the limit if need be (Arrow's infallible
+    /// `MemoryReservation::resize`): charged anyway, so the budget reads overfilled and the
+    /// next fallible request is refused.
+    #[cfg_attr(not(feature = "arrow"), allow(dead_code))]
+    pub(crate) fn grow_overfill(&self, additional: usize) {
+        let core = self.owner.core();
+        if core.reserve(additional).is_err() {
+            core.charge_unchecked(additional);
+        }
+        let added = self
+            .state()
+            .held
+            .fetch_update(AcqRel, Acquire, |h| (h != CLOSED).then(|| h + additional));
+        debug_assert!(added.is_ok(), "a live reservation is never closed");
+        core.add_reserved(additional);
+    }
+
     /// Gives up to `bytes` of unspent headroom back to the shared budget; returns how many
     /// were given back (at most [`headroom`](Self::headroom)).
     ///
@@ -379,11 +396,16 @@ impl<'a, A> Reservation<'a, A> {
     /// its frees give back to it. Guards nest; the same reservation may be entered on
     /// several threads at once.
     ///
+    /// Guards may be dropped in any order: a guard dropped while guards entered after it
+    /// are alive stops counting at once for nothing (those inner guards stay in force), and
+    /// once every guard is dropped the thread is not entered in anything, in whatever order
+    /// they went.
+    ///
     /// # Panics
     /// If the allocator has no slot in the process-wide table (more than 64 allocators with
     /// a thread cache are alive at once, or it was built with
-    /// [`new_exact`](LimitedAllocator::new_exact)); use [`try_enter`](Self::try_enter) to
-    /// handle that case.
+    /// [`new_exact`](LimitedAllocator::new_exact)), or this thread already has 16
+    /// reservations entered; use [`try_enter`](Self::try_enter) to handle that case.
     ///
     /// ```
     /// use limited_allocator::LimitedAllocator;
@@ -422,9 +444,9 @@ impl<'a, A> Reservation<'a, A> {
         let ptr = self.state.as_ptr().cast_const();
         self.state().retain();
         match core.enter(ptr) {
-            Some(previous) => Ok(EnterGuard {
+            Some(frame) => Ok(EnterGuard {
                 core,
-                previous,
+                frame,
                 _not_send: PhantomData,
             }),
             None => {
@@ -463,7 +485,7 @@ impl<A> Drop for Reservation<'_, A> {
 
 /// A reservation could not be entered: its allocator has no slot in the process-wide table
 /// (it was built with [`LimitedAllocator::new_exact`], or more than 64 allocators with a
-/// thread cache are alive at once).
+/// thread cache are alive at once), or the thread already has 16 reservations entered.
 ///
 /// ```
 /// let exact = limited_allocator::LimitedAllocator::new_exact(std::alloc::System, 100);
@@ -474,7 +496,8 @@ impl<A> Drop for Reservation<'_, A> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error(
     "cannot enter the reservation: its allocator has no per-thread slot (built with \
-     new_exact, or more than 64 allocators with a thread cache are alive)"
+     new_exact, or more than 64 allocators with a thread cache are alive), or this thread \
+     already has 16 reservations entered"
 )]
 pub struct EnterError;
 
@@ -492,8 +515,8 @@ pub struct EnterError;
 #[must_use = "the reservation is left as soon as the guard drops"]
 pub struct EnterGuard<'r> {
     core: &'r Core,
-    /// The reservation entered before this one (null if none), with its reference.
-    previous: *const ReservationState,
+    /// This entering's frame in the thread's enter stack (which holds the reference).
+    frame: usize,
     _not_send: PhantomData<*const ()>,
 }
 
@@ -505,12 +528,14 @@ impl fmt::Debug for EnterGuard<'_> {
 
 impl Drop for EnterGuard<'_> {
     fn drop(&mut self) {
-        let replaced = self.core.leave(self.previous);
-        if let Some(ptr) = NonNull::new(replaced.cast_mut()) {
-            // SAFETY: `leave` handed us the reference the thread entry held for `ptr`, a
-            // state from `ReservationState::allocate`; nothing reaches it through us again.
-            unsafe { ReservationState::release(ptr) };
-        }
+        self.core.leave(self.frame, |removed| {
+            if let Some(ptr) = NonNull::new(removed.cast_mut()) {
+                // SAFETY: `leave` hands over the reference a removed frame held for `ptr`, a
+                // state from `ReservationState::allocate`; the frame is gone and no entry
+                // points at it any more.
+                unsafe { ReservationState::release(ptr) };
+            }
+        });
     }
 }
 

@@ -95,7 +95,8 @@ pub(crate) struct Entry {
     pub allocs: Cell<usize>,
     pub deallocs: Cell<usize>,
     pub reallocs: Cell<usize>,
-    /// The innermost entered reservation, or null.
+    /// The innermost live entered reservation of this instance on this thread, or null.
+    /// Borrowed: the reference that keeps it alive is held by its [`EnterStack`] frame.
     pub entered: Cell<*const ReservationState>,
 }
 
@@ -200,6 +201,89 @@ impl Entry {
     }
 }
 
+/// Most reservations one thread can have entered at once (all instances together).
+pub(crate) const MAX_ENTERED: usize = 16;
+
+/// One `enter()` on this thread: which instance, which reservation (holding one counted
+/// reference to it), and whether its guard is still alive.
+#[derive(Clone, Copy)]
+pub(crate) struct Frame {
+    pub id: u64,
+    pub state: *const ReservationState,
+    pub live: bool,
+}
+
+impl Frame {
+    const EMPTY: Frame = Frame {
+        id: 0,
+        state: core::ptr::null(),
+        live: false,
+    };
+}
+
+/// This thread's entered reservations, innermost last. Guards are usually dropped innermost
+/// first; one dropped out of order only marks its frame dead, and dead frames are removed
+/// once nothing live is above them. So a live guard's frame never moves, and after all
+/// guards are dropped nothing is entered, in whatever order they went. Not on the
+/// allocation path: that reads [`Entry::entered`], which `enter`/`leave` keep equal to the
+/// innermost live frame of the entry's instance.
+pub(crate) struct EnterStack {
+    frames: [Cell<Frame>; MAX_ENTERED],
+    len: Cell<usize>,
+}
+
+impl EnterStack {
+    const fn new() -> Self {
+        Self {
+            frames: [const { Cell::new(Frame::EMPTY) }; MAX_ENTERED],
+            len: Cell::new(0),
+        }
+    }
+
+    /// Pushes a live frame (taking over the caller's reference to `state`); its index, or
+    /// `None` when the stack is full.
+    pub fn push(&self, id: u64, state: *const ReservationState) -> Option<usize> {
+        let len = self.len.get();
+        let frame = self.frames.get(len)?;
+        frame.set(Frame {
+            id,
+            state,
+            live: true,
+        });
+        self.len.set(len + 1);
+        Some(len)
+    }
+
+    /// Marks frame `index` dead and removes the dead frames on top. Returns the removed
+    /// frames' states (whose references the caller now owns) in `out`, and how many.
+    pub fn kill(&self, index: usize, out: &mut [*const ReservationState; MAX_ENTERED]) -> usize {
+        if let Some(frame) = self.frames.get(index) {
+            let mut f = frame.get();
+            f.live = false;
+            frame.set(f);
+        }
+        let mut n = 0;
+        let mut len = self.len.get();
+        while len > 0 && !self.frames[len - 1].get().live {
+            len -= 1;
+            out[n] = self.frames[len].replace(Frame::EMPTY).state;
+            n += 1;
+        }
+        self.len.set(len);
+        n
+    }
+
+    /// The innermost live frame's state for instance `id`, or null.
+    pub fn innermost(&self, id: u64) -> *const ReservationState {
+        self.frames[..self.len.get()]
+            .iter()
+            .rev()
+            .map(Cell::get)
+            .find(|f| f.live && f.id == id)
+            .map_or(core::ptr::null(), |f| f.state)
+    }
+}
+
 /// The outcome of a fast-path attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Spent {
@@ -239,6 +323,7 @@ impl ThreadCache {
 
 thread_local! {
     static CACHE: ThreadCache = const { ThreadCache::new() };
+    static ENTERED: EnterStack = const { EnterStack::new() };
     static EXIT: ExitGuard = const { ExitGuard };
 }
 
@@ -275,6 +360,12 @@ pub(crate) fn with_live_cache<R>(f: impl FnOnce(&ThreadCache) -> R) -> Option<R>
     })
 }
 
+/// Runs `f` on this thread's stack of entered reservations; `None` once the thread's
+/// thread-locals are being destroyed.
+pub(crate) fn with_enter_stack<R>(f: impl FnOnce(&EnterStack) -> R) -> Option<R> {
+    ENTERED.try_with(f).ok()
+}
+
 /// Returns every entry's credit and counts through the registry when its thread exits.
 struct ExitGuard;
 
@@ -295,6 +386,7 @@ impl Drop for ExitGuard {
                     deallocs,
                     reallocs,
                     peak: entry.peak_candidate(),
+                    ..Post::default()
                 };
                 registry::post(slot, token::id(token), post);
                 entry.clear(0);
