@@ -1312,7 +1312,7 @@ impl MonitorHandle {
     /// # Ok::<(), limited_allocator::MonitorError>(())
     /// ```
     pub fn should_check(&self, iteration: u64, every: u64) -> bool {
-        every <= 1 || iteration % every == 0 || self.level() >= PressureLevel::High
+        every <= 1 || iteration.is_multiple_of(every) || self.level() >= PressureLevel::High
     }
 
     /// Labels samples with `name` until the guard is dropped. Stages nest, and may be
