@@ -406,7 +406,7 @@ mod tests {
 
     #[test]
     fn plateau_and_noise_around_it_are_not_a_leak() {
-        let (d, events) = run(std::iter::repeat(500 * MIB).take(300));
+        let (d, events) = run(std::iter::repeat_n(500 * MIB, 300));
         assert!(events.is_empty());
         assert_eq!(d.fit().unwrap().bytes_per_sec, 0.0);
 
