@@ -438,7 +438,7 @@ mod tests {
     #[test]
     fn re_arms_after_the_growth_stops() {
         let growth = (0..150).map(|i| i * MIB);
-        let plateau = std::iter::repeat(150 * MIB).take(150);
+        let plateau = std::iter::repeat_n(150 * MIB, 150);
         let again = (0..150).map(|i| (150 + i) * MIB);
         let (_, events) = run(growth.chain(plateau).chain(again));
         assert_eq!(events.len(), 2);
