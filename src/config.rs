@@ -135,7 +135,7 @@ pub(crate) struct SystemMemory {
 impl SystemMemory {
     pub(crate) fn read(root: &Path) -> Self {
         Self {
-            cgroup_limit: read_cgroup_memory(root).and_then(|c| c.limit),
+            cgroup_limit: read_cgroup_memory(root).and_then(|c| c.limit_bytes),
             physical: physical_memory(),
         }
     }

@@ -77,7 +77,7 @@ pub use monitor::{
 pub use pressure::{HysteresisLevel, PressureLevel, PressureThresholds, ThresholdError};
 pub use release::release_free_memory;
 pub use reservation::{EnterError, EnterGuard, Overflow, Reservation};
-pub use sampler::{parse_psi, CgroupSample, MemorySample, Psi, Sampler};
+pub use sampler::{parse_psi, MemorySample, Psi, Sampler};
 pub use stats::AllocatorStats;
 #[cfg(feature = "timeline")]
 pub use timeline::TimelineError;

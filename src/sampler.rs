@@ -20,7 +20,7 @@
 //! on a cgroup v1 machine, see `docs/monitoring.md` and `benches/sampler.rs`), a cached one
 //! about 80 ns.
 
-use crate::cgroup::{read_cgroup_memory, CgroupVersion};
+use crate::cgroup::{read_cgroup_memory, CgroupMemory, CgroupVersion};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -94,47 +94,6 @@ pub fn parse_psi(text: &str) -> Option<Psi> {
     any.then_some(psi)
 }
 
-/// The cgroup part of a [`MemorySample`]: the numbers of [`read_cgroup_memory`] plus the
-/// working set.
-///
-/// ```
-/// use limited_allocator::Sampler;
-/// if let Some(cg) = Sampler::new().sample().cgroup {
-///     println!("{:?} limit {:?} working set {:?}", cg.version, cg.limit_bytes, cg.working_set_bytes);
-/// }
-/// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize))]
-#[non_exhaustive]
-pub struct CgroupSample {
-    /// v1 or v2.
-    #[cfg_attr(feature = "serde", serde(serialize_with = "serialize_version"))]
-    pub version: CgroupVersion,
-    /// The cgroup directory the numbers were read from.
-    pub dir: PathBuf,
-    /// The effective hard limit (smallest on the path to the root); `None` is unlimited.
-    pub limit_bytes: Option<u64>,
-    /// The effective soft limit (`memory.high` / `memory.soft_limit_in_bytes`).
-    pub high_bytes: Option<u64>,
-    /// Usage as the kernel charges it, page cache included.
-    pub usage_bytes: Option<u64>,
-    /// Usage less inactive file pages (`inactive_file` in `memory.stat`; v1 prefers
-    /// `total_inactive_file`): what cannot be dropped cheaply. This is the number kubelet
-    /// evicts on, and the one the monitor compares with the limit, so that a page cache
-    /// that the kernel would reclaim is not mistaken for pressure.
-    pub working_set_bytes: Option<u64>,
-    /// OOM kills counted in this cgroup.
-    pub oom_kills: Option<u64>,
-}
-
-#[cfg(feature = "serde")]
-fn serialize_version<S: serde::Serializer>(v: &CgroupVersion, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(match v {
-        CgroupVersion::V1 => "v1",
-        CgroupVersion::V2 => "v2",
-    })
-}
-
 /// One reading of everything the allocator cannot see. Fields that could not be read are
 /// `None`.
 ///
@@ -162,7 +121,7 @@ pub struct MemorySample {
     /// cache included.
     pub system_available_bytes: Option<u64>,
     /// The process's memory cgroup, when there is one.
-    pub cgroup: Option<CgroupSample>,
+    pub cgroup: Option<CgroupMemory>,
     /// Memory pressure-stall information, when the kernel provides it.
     pub psi: Option<Psi>,
 }
@@ -346,26 +305,7 @@ impl Sampler {
                 .and_then(|t| parse_psi(&t));
         }
         sample.psi = psi;
-        sample.cgroup = cgroup.map(|cg| {
-            let working_set_bytes = cg.usage.and_then(|usage| {
-                let stat = fs::read_to_string(cg.dir.join("memory.stat")).ok()?;
-                let inactive = match cg.version {
-                    CgroupVersion::V1 => stat_field(&stat, "total_inactive_file")
-                        .or_else(|| stat_field(&stat, "inactive_file")),
-                    CgroupVersion::V2 => stat_field(&stat, "inactive_file"),
-                }?;
-                Some(usage.saturating_sub(inactive))
-            });
-            CgroupSample {
-                version: cg.version,
-                limit_bytes: cg.limit,
-                high_bytes: cg.high,
-                usage_bytes: cg.usage,
-                working_set_bytes,
-                oom_kills: cg.oom_kills,
-                dir: cg.dir,
-            }
-        });
+        sample.cgroup = cgroup;
         #[cfg(not(target_os = "linux"))]
         if sample.peak_rss_bytes.is_none() && root == Path::new("/") {
             sample.peak_rss_bytes = getrusage_max_rss();
@@ -383,14 +323,6 @@ fn kib_field(text: &str, key: &str) -> Option<u64> {
         Some("kB") => value.checked_mul(1024),
         _ => None,
     }
-}
-
-/// `key value` from a cgroup `memory.stat`.
-fn stat_field(text: &str, key: &str) -> Option<u64> {
-    text.lines().find_map(|l| {
-        let (k, v) = l.split_once(' ')?;
-        (k == key).then(|| v.trim().parse().ok()).flatten()
-    })
 }
 
 /// Peak RSS from `getrusage(RUSAGE_SELF)`: bytes on macOS, kilobytes elsewhere.
