@@ -1,0 +1,374 @@
+//! Model-based property test: random sequences of allocations, reallocations, frees, limit
+//! changes and reservations on one thread, checked after every step against a reference
+//! model that is just a list of live sizes, a list of reservations and a limit.
+//!
+//! On one thread every number is exact (the thread's own credit is not usage), so the model
+//! is exact too: a request is granted iff it fits in `limit - used`, and `allocated_bytes`,
+//! `peak_bytes` and every counter must equal the model's after each step. Both the cached
+//! (`new`) and the exact (`new_exact`) instance are checked.
+
+use limited_allocator::{LimitedAllocator, Reservation};
+use proptest::prelude::*;
+use proptest::sample::Index;
+use std::alloc::{GlobalAlloc, Layout, System};
+
+#[derive(Debug, Clone)]
+enum Step {
+    Alloc(usize),
+    Realloc(Index, usize),
+    Free(Index),
+    SetLimit(usize),
+    Reserve(usize),
+    DropReservation(Index),
+    Grow(Index, usize),
+    Shrink(Index, usize),
+    Check(usize),
+    ResetPeak,
+}
+
+/// Sizes that exercise exact fits: tiny, ordinary, and around typical limits.
+fn size() -> impl Strategy<Value = usize> {
+    prop_oneof![
+        4 => 1..=64usize,
+        4 => 1..=4096usize,
+        2 => 1..=(96usize << 10),
+        1 => 1..=(2usize << 20),
+    ]
+}
+
+fn limit() -> impl Strategy<Value = usize> {
+    prop_oneof![
+        3 => 0..=(64usize << 10),
+        1 => (64usize << 10)..=(2 << 20),
+    ]
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        10 => size().prop_map(Step::Alloc),
+        5 => (any::<Index>(), size()).prop_map(|(i, s)| Step::Realloc(i, s)),
+        6 => any::<Index>().prop_map(Step::Free),
+        2 => limit().prop_map(Step::SetLimit),
+        3 => prop_oneof![Just(0usize), size()].prop_map(Step::Reserve),
+        2 => any::<Index>().prop_map(Step::DropReservation),
+        1 => (any::<Index>(), size()).prop_map(|(i, s)| Step::Grow(i, s)),
+        1 => (any::<Index>(), size()).prop_map(|(i, s)| Step::Shrink(i, s)),
+        1 => size().prop_map(Step::Check),
+        1 => Just(Step::ResetPeak),
+    ]
+}
+
+/// What the allocator should report.
+#[derive(Debug, Default)]
+struct Model {
+    limit: usize,
+    live: Vec<usize>,
+    reserved: Vec<usize>,
+    peak: usize,
+    allocs: u64,
+    deallocs: u64,
+    reallocs: u64,
+    refusals: u64,
+    refused_bytes: u64,
+    largest_refusal: usize,
+}
+
+impl Model {
+    fn used(&self) -> usize {
+        self.live.iter().sum::<usize>() + self.reserved.iter().sum::<usize>()
+    }
+
+    /// Whether `bytes` more fit. A limit lowered below usage refuses everything but 0.
+    fn fits(&self, bytes: usize) -> bool {
+        bytes <= self.limit.saturating_sub(self.used())
+    }
+
+    fn refuse(&mut self, bytes: usize) {
+        self.refusals += 1;
+        self.refused_bytes += bytes as u64;
+        self.largest_refusal = self.largest_refusal.max(bytes);
+    }
+
+    fn note_peak(&mut self) {
+        self.peak = self.peak.max(self.used());
+    }
+}
+
+fn layout(size: usize) -> Layout {
+    Layout::from_size_align(size, 8).unwrap()
+}
+
+/// Runs `steps` on a fresh instance and checks it against the model after each one.
+fn run(exact: bool, initial_limit: usize, steps: &[Step]) -> Result<(), TestCaseError> {
+    let a = if exact {
+        LimitedAllocator::new_exact(System, initial_limit)
+    } else {
+        LimitedAllocator::new(System, initial_limit)
+    };
+    a.set_refusal_reporting(false);
+    let mut m = Model {
+        limit: initial_limit,
+        ..Model::default()
+    };
+    let mut blocks: Vec<*mut u8> = Vec::new();
+    let mut reservations: Vec<Reservation<'_>> = Vec::new();
+
+    for (n, step) in steps.iter().enumerate() {
+        match step {
+            Step::Alloc(size) => {
+                // SAFETY: `size >= 1`.
+                let p = unsafe { a.alloc(layout(*size)) };
+                prop_assert_eq!(!p.is_null(), m.fits(*size), "step {}: {:?}", n, step);
+                if p.is_null() {
+                    m.refuse(*size);
+                } else {
+                    blocks.push(p);
+                    m.live.push(*size);
+                    m.allocs += 1;
+                    m.note_peak();
+                }
+            }
+            Step::Realloc(i, new) => {
+                if blocks.is_empty() {
+                    continue;
+                }
+                let i = i.index(blocks.len());
+                let old = m.live[i];
+                let growth = new.saturating_sub(old);
+                let fits = m.fits(growth);
+                // SAFETY: `blocks[i]` is live, allocated by `a` with `layout(old)`;
+                // `new >= 1` and small.
+                let p = unsafe { a.realloc(blocks[i], layout(old), *new) };
+                prop_assert_eq!(!p.is_null(), fits, "step {}: {:?} from {}", n, step, old);
+                if p.is_null() {
+                    m.refuse(growth);
+                } else {
+                    blocks[i] = p;
+                    m.live[i] = *new;
+                    m.reallocs += 1;
+                    m.note_peak();
+                }
+            }
+            Step::Free(i) => {
+                if blocks.is_empty() {
+                    continue;
+                }
+                let i = i.index(blocks.len());
+                let p = blocks.swap_remove(i);
+                let size = m.live.swap_remove(i);
+                // SAFETY: `p` is live, allocated by `a` with `layout(size)`; freed once.
+                unsafe { a.dealloc(p, layout(size)) };
+                m.deallocs += 1;
+            }
+            Step::SetLimit(limit) => {
+                a.set_limit(*limit);
+                m.limit = *limit;
+            }
+            Step::Reserve(bytes) => match a.try_reserve(*bytes) {
+                Ok(r) => {
+                    prop_assert!(m.fits(*bytes), "step {}: {:?} granted", n, step);
+                    prop_assert_eq!(r.size(), *bytes);
+                    reservations.push(r);
+                    m.reserved.push(*bytes);
+                    m.note_peak();
+                }
+                Err(e) => {
+                    prop_assert!(!m.fits(*bytes), "step {}: {:?} refused: {}", n, step, e);
+                    prop_assert_eq!(
+                        (e.requested, e.limit, e.current),
+                        (*bytes, m.limit, m.used())
+                    );
+                    m.refuse(*bytes);
+                }
+            },
+            Step::DropReservation(i) => {
+                if reservations.is_empty() {
+                    continue;
+                }
+                let i = i.index(reservations.len());
+                drop(reservations.swap_remove(i));
+                m.reserved.swap_remove(i);
+            }
+            Step::Grow(i, bytes) => {
+                if reservations.is_empty() {
+                    continue;
+                }
+                let i = i.index(reservations.len());
+                match reservations[i].grow(*bytes) {
+                    Ok(()) => {
+                        prop_assert!(m.fits(*bytes), "step {}: {:?} granted", n, step);
+                        m.reserved[i] += bytes;
+                        m.note_peak();
+                    }
+                    Err(e) => {
+                        prop_assert!(!m.fits(*bytes), "step {}: {:?} refused: {}", n, step, e);
+                        prop_assert_eq!(
+                            (e.requested, e.limit, e.current),
+                            (*bytes, m.limit, m.used())
+                        );
+                        m.refuse(*bytes);
+                    }
+                }
+                prop_assert_eq!(reservations[i].size(), m.reserved[i]);
+            }
+            Step::Shrink(i, bytes) => {
+                if reservations.is_empty() {
+                    continue;
+                }
+                let i = i.index(reservations.len());
+                let given = reservations[i].shrink(*bytes);
+                prop_assert_eq!(given, (*bytes).min(m.reserved[i]));
+                m.reserved[i] -= given;
+                prop_assert_eq!(reservations[i].size(), m.reserved[i]);
+            }
+            Step::Check(bytes) => {
+                let r = a.check_can_allocate(*bytes);
+                prop_assert_eq!(r.is_ok(), m.fits(*bytes), "step {}: {:?}", n, step);
+                if let Err(e) = r {
+                    prop_assert_eq!(
+                        (e.requested, e.limit, e.current, e.available),
+                        (*bytes, m.limit, m.used(), m.limit.saturating_sub(m.used()))
+                    );
+                }
+            }
+            Step::ResetPeak => {
+                a.reset_peak();
+                m.peak = m.used();
+            }
+        }
+
+        let used = m.used();
+        prop_assert_eq!(a.allocated_bytes(), used, "after step {}: {:?}", n, step);
+        prop_assert_eq!(a.peak_bytes(), m.peak, "after step {}: {:?}", n, step);
+        prop_assert_eq!(a.available_bytes(), m.limit.saturating_sub(used));
+        let s = a.stats();
+        prop_assert_eq!(
+            (
+                s.allocations,
+                s.deallocations,
+                s.reallocations,
+                s.refusals,
+                s.refused_bytes,
+                s.largest_refusal_bytes,
+            ),
+            (
+                m.allocs,
+                m.deallocs,
+                m.reallocs,
+                m.refusals,
+                m.refused_bytes,
+                m.largest_refusal,
+            ),
+            "after step {}: {:?}",
+            n,
+            step
+        );
+        prop_assert_eq!(
+            (
+                s.current_bytes,
+                s.peak_bytes,
+                s.limit_bytes,
+                s.reserved_bytes
+            ),
+            (used, m.peak, m.limit, m.reserved.iter().sum::<usize>()),
+            "after step {}: {:?}",
+            n,
+            step
+        );
+        prop_assert_eq!(s.inner_failures, 0);
+    }
+
+    // Tear down: everything back, nothing drifts.
+    drop(reservations);
+    for (p, size) in blocks.into_iter().zip(m.live.drain(..)) {
+        // SAFETY: live, allocated by `a` with `layout(size)`; freed once.
+        unsafe { a.dealloc(p, layout(size)) };
+    }
+    prop_assert_eq!(a.allocated_bytes(), 0);
+    prop_assert_eq!(a.stats().reserved_bytes, 0);
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    #[test]
+    fn cached_instance_matches_the_model(
+        initial in limit(),
+        steps in prop::collection::vec(step(), 1..60),
+    ) {
+        run(false, initial, &steps)?;
+    }
+
+    #[test]
+    fn exact_instance_matches_the_model(
+        initial in limit(),
+        steps in prop::collection::vec(step(), 1..60),
+    ) {
+        run(true, initial, &steps)?;
+    }
+}
+
+// ---- regressions the model found, as plain tests ---------------------------------------
+
+fn quiet(limit: usize) -> LimitedAllocator {
+    let a = LimitedAllocator::new(System, limit);
+    a.set_refusal_reporting(false);
+    a
+}
+
+fn alloc(a: &LimitedAllocator, size: usize) -> *mut u8 {
+    // SAFETY: every size used here is non-zero.
+    let p = unsafe { a.alloc(layout(size)) };
+    assert!(!p.is_null());
+    p
+}
+
+fn free(a: &LimitedAllocator, p: *mut u8, size: usize) {
+    // SAFETY: `p` was allocated by `a` with `layout(size)` and is freed once.
+    unsafe { a.dealloc(p, layout(size)) }
+}
+
+/// Headroom given back by a reservation (shrink, drop) lowers usage; allocations made from
+/// the thread's credit afterwards must not be measured against the old, higher charge.
+#[test]
+fn peak_is_exact_after_a_reservation_shrinks_or_drops() {
+    let a = quiet(1 << 20);
+    let r = a.try_reserve(1000).unwrap();
+    let p = alloc(&a, 10);
+    assert_eq!(a.peak_bytes(), 1010);
+    r.shrink(500);
+    assert_eq!(a.allocated_bytes(), 510);
+    let q = alloc(&a, 1);
+    assert_eq!((a.allocated_bytes(), a.peak_bytes()), (511, 1010));
+    drop(r);
+    let s = alloc(&a, 5);
+    assert_eq!((a.allocated_bytes(), a.peak_bytes()), (16, 1010));
+    a.reset_peak();
+    for (p, n) in [(p, 10), (q, 1), (s, 5)] {
+        free(&a, p, n);
+    }
+    assert_eq!((a.allocated_bytes(), a.peak_bytes()), (0, 16));
+}
+
+/// A block allocated outside a reservation and freed while it is entered goes back to the
+/// shared budget; later allocations from credit must see the lower usage.
+#[test]
+fn peak_is_exact_after_an_entered_free_of_an_outside_block() {
+    let a = quiet(1 << 20);
+    let p = alloc(&a, 100);
+    let r = a.try_reserve(50).unwrap();
+    assert_eq!(a.peak_bytes(), 150);
+    {
+        let _inside = r.enter();
+        free(&a, p, 100);
+    }
+    assert_eq!(a.allocated_bytes(), 50);
+    let q = alloc(&a, 10);
+    assert_eq!((a.allocated_bytes(), a.peak_bytes()), (60, 150));
+    free(&a, q, 10);
+    drop(r);
+    assert_eq!((a.allocated_bytes(), a.peak_bytes()), (0, 150));
+    let s = a.stats();
+    assert_eq!((s.allocations, s.deallocations), (2, 2));
+}
