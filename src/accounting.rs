@@ -381,7 +381,10 @@ impl Core {
 
     /// Gives bytes back to the budget (reservation headroom, claims).
     pub(crate) fn uncharge(&self, bytes: usize) {
-        self.charged.fetch_sub(bytes, Relaxed);
+        let after = self.charged.fetch_sub(bytes, Relaxed) - bytes;
+        // This thread's window measured usage against the higher charge: restart it, or
+        // credit spent later would read as a peak above anything really in use.
+        let _ = self.own_entry(|e| self.rebase(e, after));
     }
 
     /// Records a refusal; with `report`, also writes the stderr line when enabled.
@@ -592,7 +595,9 @@ impl Core {
         let back = r.give(size);
         self.cold.reserved.fetch_add(back, Relaxed);
         if back < size {
-            self.charged.fetch_sub(size - back, Relaxed);
+            let after = self.charged.fetch_sub(size - back, Relaxed) - (size - back);
+            // As in `uncharge`: the window's base charge is now too high.
+            self.rebase(e, after);
         }
         if e.count(op) {
             self.publish(e);
