@@ -372,3 +372,22 @@ fn peak_is_exact_after_an_entered_free_of_an_outside_block() {
     let s = a.stats();
     assert_eq!((s.allocations, s.deallocations), (2, 2));
 }
+
+/// Growing a reservation may use this thread's own unspent credit, as `try_reserve` does:
+/// a request within `available_bytes()` is not refused.
+#[test]
+fn reservation_grow_uses_the_threads_own_credit() {
+    let a = quiet(1 << 20);
+    let p = alloc(&a, 1000); // takes a batch of credit from the headroom
+    let r = a.try_reserve(0).unwrap();
+    let free_now = a.available_bytes();
+    assert_eq!(free_now, (1 << 20) - 1000);
+    r.grow(free_now).expect("grow within available_bytes() refused");
+    assert_eq!((a.allocated_bytes(), a.available_bytes()), (1 << 20, 0));
+    let err = r.grow(1).unwrap_err();
+    assert_eq!((err.requested, err.current, err.available), (1, 1 << 20, 0));
+    assert_eq!(a.stats().refusals, 1);
+    drop(r);
+    free(&a, p, 1000);
+    assert_eq!(a.allocated_bytes(), 0);
+}
