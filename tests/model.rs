@@ -382,7 +382,8 @@ fn reservation_grow_uses_the_threads_own_credit() {
     let r = a.try_reserve(0).unwrap();
     let free_now = a.available_bytes();
     assert_eq!(free_now, (1 << 20) - 1000);
-    r.grow(free_now).expect("grow within available_bytes() refused");
+    r.grow(free_now)
+        .expect("grow within available_bytes() refused");
     assert_eq!((a.allocated_bytes(), a.available_bytes()), (1 << 20, 0));
     let err = r.grow(1).unwrap_err();
     assert_eq!((err.requested, err.current, err.available), (1, 1 << 20, 0));
