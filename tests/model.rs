@@ -1,27 +1,38 @@
 //! Model-based property test: random sequences of allocations, reallocations, frees, limit
-//! changes and reservations on one thread, checked after every step against a reference
-//! model that is just a list of live sizes, a list of reservations and a limit.
+//! changes and reservations (held, grown, shrunk, entered, dropped) on one thread, checked
+//! after every step against a reference model that is just a list of live sizes, a list of
+//! reservations and a limit.
 //!
 //! On one thread every number is exact (the thread's own credit is not usage), so the model
-//! is exact too: a request is granted iff it fits in `limit - used`, and `allocated_bytes`,
-//! `peak_bytes` and every counter must equal the model's after each step. Both the cached
-//! (`new`) and the exact (`new_exact`) instance are checked.
+//! is exact too: a request is granted iff it fits in `limit - used` (a limit lowered below
+//! usage refuses everything until usage drops), an entered reservation serves what its
+//! headroom covers first, and `allocated_bytes`, `peak_bytes` and every counter must equal
+//! the model's after each step. Both the cached (`new`) and the exact (`new_exact`) instance
+//! are checked.
 
 use limited_allocator::{LimitedAllocator, Reservation};
 use proptest::prelude::*;
 use proptest::sample::Index;
 use std::alloc::{GlobalAlloc, Layout, System};
 
+/// An operation on heap blocks, at top level or inside an entered reservation.
 #[derive(Debug, Clone)]
-enum Step {
+enum BlockOp {
     Alloc(usize),
     Realloc(Index, usize),
     Free(Index),
+}
+
+#[derive(Debug, Clone)]
+enum Step {
+    Block(BlockOp),
     SetLimit(usize),
     Reserve(usize),
     DropReservation(Index),
     Grow(Index, usize),
     Shrink(Index, usize),
+    /// Enters a reservation, runs the block operations, leaves.
+    Entered(Index, Vec<BlockOp>),
     Check(usize),
     ResetPeak,
 }
@@ -43,19 +54,37 @@ fn limit() -> impl Strategy<Value = usize> {
     ]
 }
 
+fn block_op() -> impl Strategy<Value = BlockOp> {
+    prop_oneof![
+        5 => size().prop_map(BlockOp::Alloc),
+        2 => (any::<Index>(), size()).prop_map(|(i, s)| BlockOp::Realloc(i, s)),
+        3 => any::<Index>().prop_map(BlockOp::Free),
+    ]
+}
+
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
-        10 => size().prop_map(Step::Alloc),
-        5 => (any::<Index>(), size()).prop_map(|(i, s)| Step::Realloc(i, s)),
-        6 => any::<Index>().prop_map(Step::Free),
+        20 => block_op().prop_map(Step::Block),
         2 => limit().prop_map(Step::SetLimit),
         3 => prop_oneof![Just(0usize), size()].prop_map(Step::Reserve),
         2 => any::<Index>().prop_map(Step::DropReservation),
         1 => (any::<Index>(), size()).prop_map(|(i, s)| Step::Grow(i, s)),
         1 => (any::<Index>(), size()).prop_map(|(i, s)| Step::Shrink(i, s)),
+        2 => (any::<Index>(), prop::collection::vec(block_op(), 1..8))
+            .prop_map(|(i, ops)| Step::Entered(i, ops)),
         1 => size().prop_map(Step::Check),
         1 => Just(Step::ResetPeak),
     ]
+}
+
+/// One reservation as the model sees it.
+#[derive(Debug, Clone, Copy, Default)]
+struct Res {
+    /// Unspent headroom (charged).
+    held: usize,
+    /// Bytes allocated through it while entered, net of frees given back to it.
+    used: usize,
+    peak_used: usize,
 }
 
 /// What the allocator should report.
@@ -63,7 +92,7 @@ fn step() -> impl Strategy<Value = Step> {
 struct Model {
     limit: usize,
     live: Vec<usize>,
-    reserved: Vec<usize>,
+    res: Vec<Res>,
     peak: usize,
     allocs: u64,
     deallocs: u64,
@@ -75,7 +104,11 @@ struct Model {
 
 impl Model {
     fn used(&self) -> usize {
-        self.live.iter().sum::<usize>() + self.reserved.iter().sum::<usize>()
+        self.live.iter().sum::<usize>() + self.held()
+    }
+
+    fn held(&self) -> usize {
+        self.res.iter().map(|r| r.held).sum()
     }
 
     /// Whether `bytes` more fit. A limit lowered below usage refuses everything but 0.
@@ -92,10 +125,168 @@ impl Model {
     fn note_peak(&mut self) {
         self.peak = self.peak.max(self.used());
     }
+
+    /// Charges `bytes` for an allocation or a realloc's growth, through the entered
+    /// reservation `entered` if any. False = refused (and counted).
+    fn charge(&mut self, bytes: usize, entered: Option<usize>) -> bool {
+        if let Some(j) = entered {
+            let r = &mut self.res[j];
+            if r.held >= bytes {
+                r.held -= bytes;
+                r.used += bytes;
+                r.peak_used = r.peak_used.max(r.used);
+                return true;
+            }
+        }
+        if !self.fits(bytes) {
+            self.refuse(bytes);
+            return false;
+        }
+        if let Some(j) = entered {
+            let r = &mut self.res[j];
+            r.used += bytes;
+            r.peak_used = r.peak_used.max(r.used);
+        }
+        true
+    }
+
+    /// Gives back `bytes` of a free or a realloc's shrink (to the entered reservation up to
+    /// what was allocated through it, the rest to the shared budget).
+    fn release(&mut self, bytes: usize, entered: Option<usize>) {
+        if let Some(j) = entered {
+            let r = &mut self.res[j];
+            let back = bytes.min(r.used);
+            r.used -= back;
+            r.held += back;
+        }
+    }
 }
 
 fn layout(size: usize) -> Layout {
     Layout::from_size_align(size, 8).unwrap()
+}
+
+/// Runs one block operation on the allocator and the model, `entered` naming the
+/// reservation entered on this thread (if any).
+fn block_step(
+    a: &LimitedAllocator,
+    m: &mut Model,
+    blocks: &mut Vec<*mut u8>,
+    op: &BlockOp,
+    entered: Option<usize>,
+) -> Result<(), TestCaseError> {
+    match op {
+        BlockOp::Alloc(size) => {
+            let granted = m.charge(*size, entered);
+            // SAFETY: `size >= 1`.
+            let p = unsafe { a.alloc(layout(*size)) };
+            prop_assert_eq!(!p.is_null(), granted, "{:?} entered {:?}", op, entered);
+            if granted {
+                blocks.push(p);
+                m.live.push(*size);
+                m.allocs += 1;
+                m.note_peak();
+            }
+        }
+        BlockOp::Realloc(i, new) => {
+            if blocks.is_empty() {
+                return Ok(());
+            }
+            let i = i.index(blocks.len());
+            let old = m.live[i];
+            let granted = if *new > old {
+                m.charge(new - old, entered)
+            } else {
+                m.release(old - new, entered);
+                true
+            };
+            // SAFETY: `blocks[i]` is live, allocated by `a` with `layout(old)`; `new >= 1`
+            // and small.
+            let p = unsafe { a.realloc(blocks[i], layout(old), *new) };
+            prop_assert_eq!(
+                !p.is_null(),
+                granted,
+                "{:?} from {} entered {:?}",
+                op,
+                old,
+                entered
+            );
+            if granted {
+                blocks[i] = p;
+                m.live[i] = *new;
+                m.reallocs += 1;
+                m.note_peak();
+            }
+        }
+        BlockOp::Free(i) => {
+            if blocks.is_empty() {
+                return Ok(());
+            }
+            let i = i.index(blocks.len());
+            let p = blocks.swap_remove(i);
+            let size = m.live.swap_remove(i);
+            m.release(size, entered);
+            // SAFETY: `p` is live, allocated by `a` with `layout(size)`; freed once.
+            unsafe { a.dealloc(p, layout(size)) };
+            m.deallocs += 1;
+        }
+    }
+    Ok(())
+}
+
+/// Every number the allocator reports against the model's.
+fn check(
+    a: &LimitedAllocator,
+    m: &Model,
+    reservations: &[Reservation<'_>],
+    after: &dyn std::fmt::Debug,
+) -> Result<(), TestCaseError> {
+    let used = m.used();
+    prop_assert_eq!(a.allocated_bytes(), used, "after {:?}", after);
+    prop_assert_eq!(a.peak_bytes(), m.peak, "after {:?}", after);
+    prop_assert_eq!(a.available_bytes(), m.limit.saturating_sub(used));
+    let s = a.stats();
+    prop_assert_eq!(
+        (
+            s.allocations,
+            s.deallocations,
+            s.reallocations,
+            s.refusals,
+            s.refused_bytes,
+            s.largest_refusal_bytes,
+        ),
+        (
+            m.allocs,
+            m.deallocs,
+            m.reallocs,
+            m.refusals,
+            m.refused_bytes,
+            m.largest_refusal,
+        ),
+        "after {:?}",
+        after
+    );
+    prop_assert_eq!(
+        (
+            s.current_bytes,
+            s.peak_bytes,
+            s.limit_bytes,
+            s.reserved_bytes
+        ),
+        (used, m.peak, m.limit, m.held()),
+        "after {:?}",
+        after
+    );
+    prop_assert_eq!(s.inner_failures, 0);
+    for (r, mr) in reservations.iter().zip(&m.res) {
+        prop_assert_eq!(
+            (r.headroom(), r.used(), r.peak_used(), r.size()),
+            (mr.held, mr.used, mr.peak_used, mr.held + mr.used),
+            "after {:?}",
+            after
+        );
+    }
+    Ok(())
 }
 
 /// Runs `steps` on a fresh instance and checks it against the model after each one.
@@ -115,51 +306,7 @@ fn run(exact: bool, initial_limit: usize, steps: &[Step]) -> Result<(), TestCase
 
     for (n, step) in steps.iter().enumerate() {
         match step {
-            Step::Alloc(size) => {
-                // SAFETY: `size >= 1`.
-                let p = unsafe { a.alloc(layout(*size)) };
-                prop_assert_eq!(!p.is_null(), m.fits(*size), "step {}: {:?}", n, step);
-                if p.is_null() {
-                    m.refuse(*size);
-                } else {
-                    blocks.push(p);
-                    m.live.push(*size);
-                    m.allocs += 1;
-                    m.note_peak();
-                }
-            }
-            Step::Realloc(i, new) => {
-                if blocks.is_empty() {
-                    continue;
-                }
-                let i = i.index(blocks.len());
-                let old = m.live[i];
-                let growth = new.saturating_sub(old);
-                let fits = m.fits(growth);
-                // SAFETY: `blocks[i]` is live, allocated by `a` with `layout(old)`;
-                // `new >= 1` and small.
-                let p = unsafe { a.realloc(blocks[i], layout(old), *new) };
-                prop_assert_eq!(!p.is_null(), fits, "step {}: {:?} from {}", n, step, old);
-                if p.is_null() {
-                    m.refuse(growth);
-                } else {
-                    blocks[i] = p;
-                    m.live[i] = *new;
-                    m.reallocs += 1;
-                    m.note_peak();
-                }
-            }
-            Step::Free(i) => {
-                if blocks.is_empty() {
-                    continue;
-                }
-                let i = i.index(blocks.len());
-                let p = blocks.swap_remove(i);
-                let size = m.live.swap_remove(i);
-                // SAFETY: `p` is live, allocated by `a` with `layout(size)`; freed once.
-                unsafe { a.dealloc(p, layout(size)) };
-                m.deallocs += 1;
-            }
+            Step::Block(op) => block_step(&a, &mut m, &mut blocks, op, None)?,
             Step::SetLimit(limit) => {
                 a.set_limit(*limit);
                 m.limit = *limit;
@@ -167,9 +314,11 @@ fn run(exact: bool, initial_limit: usize, steps: &[Step]) -> Result<(), TestCase
             Step::Reserve(bytes) => match a.try_reserve(*bytes) {
                 Ok(r) => {
                     prop_assert!(m.fits(*bytes), "step {}: {:?} granted", n, step);
-                    prop_assert_eq!(r.size(), *bytes);
                     reservations.push(r);
-                    m.reserved.push(*bytes);
+                    m.res.push(Res {
+                        held: *bytes,
+                        ..Res::default()
+                    });
                     m.note_peak();
                 }
                 Err(e) => {
@@ -187,7 +336,8 @@ fn run(exact: bool, initial_limit: usize, steps: &[Step]) -> Result<(), TestCase
                 }
                 let i = i.index(reservations.len());
                 drop(reservations.swap_remove(i));
-                m.reserved.swap_remove(i);
+                // Its headroom goes back; what was allocated through it stays live.
+                m.res.swap_remove(i);
             }
             Step::Grow(i, bytes) => {
                 if reservations.is_empty() {
@@ -197,7 +347,7 @@ fn run(exact: bool, initial_limit: usize, steps: &[Step]) -> Result<(), TestCase
                 match reservations[i].grow(*bytes) {
                     Ok(()) => {
                         prop_assert!(m.fits(*bytes), "step {}: {:?} granted", n, step);
-                        m.reserved[i] += bytes;
+                        m.res[i].held += bytes;
                         m.note_peak();
                     }
                     Err(e) => {
@@ -209,7 +359,6 @@ fn run(exact: bool, initial_limit: usize, steps: &[Step]) -> Result<(), TestCase
                         m.refuse(*bytes);
                     }
                 }
-                prop_assert_eq!(reservations[i].size(), m.reserved[i]);
             }
             Step::Shrink(i, bytes) => {
                 if reservations.is_empty() {
@@ -217,9 +366,30 @@ fn run(exact: bool, initial_limit: usize, steps: &[Step]) -> Result<(), TestCase
                 }
                 let i = i.index(reservations.len());
                 let given = reservations[i].shrink(*bytes);
-                prop_assert_eq!(given, (*bytes).min(m.reserved[i]));
-                m.reserved[i] -= given;
-                prop_assert_eq!(reservations[i].size(), m.reserved[i]);
+                prop_assert_eq!(given, (*bytes).min(m.res[i].held));
+                m.res[i].held -= given;
+            }
+            Step::Entered(i, ops) => {
+                if reservations.is_empty() {
+                    continue;
+                }
+                let i = i.index(reservations.len());
+                let r = &reservations[i];
+                if exact {
+                    // No thread cache, no entering: the operations run on the shared budget.
+                    prop_assert!(r.try_enter().is_err());
+                    for op in ops {
+                        block_step(&a, &mut m, &mut blocks, op, None)?;
+                        check(&a, &m, &reservations, op)?;
+                    }
+                } else {
+                    let guard = r.enter();
+                    for op in ops {
+                        block_step(&a, &mut m, &mut blocks, op, Some(i))?;
+                        check(&a, &m, &reservations, op)?;
+                    }
+                    drop(guard);
+                }
             }
             Step::Check(bytes) => {
                 let r = a.check_can_allocate(*bytes);
@@ -236,46 +406,7 @@ fn run(exact: bool, initial_limit: usize, steps: &[Step]) -> Result<(), TestCase
                 m.peak = m.used();
             }
         }
-
-        let used = m.used();
-        prop_assert_eq!(a.allocated_bytes(), used, "after step {}: {:?}", n, step);
-        prop_assert_eq!(a.peak_bytes(), m.peak, "after step {}: {:?}", n, step);
-        prop_assert_eq!(a.available_bytes(), m.limit.saturating_sub(used));
-        let s = a.stats();
-        prop_assert_eq!(
-            (
-                s.allocations,
-                s.deallocations,
-                s.reallocations,
-                s.refusals,
-                s.refused_bytes,
-                s.largest_refusal_bytes,
-            ),
-            (
-                m.allocs,
-                m.deallocs,
-                m.reallocs,
-                m.refusals,
-                m.refused_bytes,
-                m.largest_refusal,
-            ),
-            "after step {}: {:?}",
-            n,
-            step
-        );
-        prop_assert_eq!(
-            (
-                s.current_bytes,
-                s.peak_bytes,
-                s.limit_bytes,
-                s.reserved_bytes
-            ),
-            (used, m.peak, m.limit, m.reserved.iter().sum::<usize>()),
-            "after step {}: {:?}",
-            n,
-            step
-        );
-        prop_assert_eq!(s.inner_failures, 0);
+        check(&a, &m, &reservations, &(n, step))?;
     }
 
     // Tear down: everything back, nothing drifts.
@@ -388,6 +519,34 @@ fn reservation_grow_uses_the_threads_own_credit() {
     let err = r.grow(1).unwrap_err();
     assert_eq!((err.requested, err.current, err.available), (1, 1 << 20, 0));
     assert_eq!(a.stats().refusals, 1);
+    drop(r);
+    free(&a, p, 1000);
+    assert_eq!(a.allocated_bytes(), 0);
+}
+
+/// An entered reservation that overflows its headroom grows from the shared budget; the
+/// thread's own unspent credit is part of that budget and must not cause a refusal.
+#[test]
+fn entered_overflow_uses_the_threads_own_credit() {
+    let a = quiet(1 << 20);
+    let p = alloc(&a, 1000); // takes a batch of credit from the headroom
+    let r = a.try_reserve(0).unwrap();
+    let rest = a.available_bytes();
+    assert_eq!(rest, (1 << 20) - 1000);
+    let q = {
+        let _inside = r.enter();
+        // SAFETY: non-zero size.
+        unsafe { a.alloc(layout(rest)) }
+    };
+    assert!(
+        !q.is_null(),
+        "entered allocation within available_bytes() refused"
+    );
+    assert_eq!(
+        (a.allocated_bytes(), r.used(), a.stats().refusals),
+        (1 << 20, rest, 0)
+    );
+    free(&a, q, rest);
     drop(r);
     free(&a, p, 1000);
     assert_eq!(a.allocated_bytes(), 0);
