@@ -577,7 +577,7 @@ impl Core {
         let r = self.entered(e);
         if r.take(size) {
             self.cold.reserved.fetch_sub(size, Relaxed);
-        } else if r.may_grow() && self.reserve(size).is_ok() {
+        } else if r.may_grow() && self.reserve_with_own_credit(e, size) {
             r.note_growth(size);
         } else {
             r.note_refusal();
@@ -588,6 +588,20 @@ impl Core {
             self.publish(e);
         }
         true
+    }
+
+    /// Takes `size` bytes for an entered allocation past the reservation's headroom. The
+    /// thread's own unspent credit is part of the shared budget: on a refusal it is handed
+    /// back and the request retried once, as `try_reserve` does.
+    fn reserve_with_own_credit(&self, e: &Entry, size: usize) -> bool {
+        if self.reserve(size).is_ok() {
+            return true;
+        }
+        if e.credit.get() == 0 {
+            return false;
+        }
+        self.give_back(e, e.credit.get());
+        self.reserve(size).is_ok()
     }
 
     fn release_entered(&self, e: &Entry, size: usize, op: Op) {
