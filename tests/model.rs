@@ -10,7 +10,7 @@
 //! the model's after each step. Both the cached (`new`) and the exact (`new_exact`) instance
 //! are checked.
 
-use limited_allocator::{LimitedAllocator, Reservation};
+use limited_allocator::{LimitedAllocator, Overflow, Reservation};
 use proptest::prelude::*;
 use proptest::sample::Index;
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -31,8 +31,9 @@ enum Step {
     DropReservation(Index),
     Grow(Index, usize),
     Shrink(Index, usize),
-    /// Enters a reservation, runs the block operations, leaves.
-    Entered(Index, Vec<BlockOp>),
+    /// Enters a reservation (refusing past its headroom when the flag is set), runs the
+    /// block operations, leaves.
+    Entered(Index, bool, Vec<BlockOp>),
     Check(usize),
     ResetPeak,
 }
@@ -70,8 +71,8 @@ fn step() -> impl Strategy<Value = Step> {
         2 => any::<Index>().prop_map(Step::DropReservation),
         1 => (any::<Index>(), size()).prop_map(|(i, s)| Step::Grow(i, s)),
         1 => (any::<Index>(), size()).prop_map(|(i, s)| Step::Shrink(i, s)),
-        2 => (any::<Index>(), prop::collection::vec(block_op(), 1..8))
-            .prop_map(|(i, ops)| Step::Entered(i, ops)),
+        2 => (any::<Index>(), any::<bool>(), prop::collection::vec(block_op(), 1..8))
+            .prop_map(|(i, refuse, ops)| Step::Entered(i, refuse, ops)),
         1 => size().prop_map(Step::Check),
         1 => Just(Step::ResetPeak),
     ]
@@ -85,6 +86,9 @@ struct Res {
     /// Bytes allocated through it while entered, net of frees given back to it.
     used: usize,
     peak_used: usize,
+    /// `Overflow::Refuse`: entered allocations past the headroom are refused.
+    refuse: bool,
+    refusals: u64,
 }
 
 /// What the allocator should report.
@@ -137,8 +141,16 @@ impl Model {
                 r.peak_used = r.peak_used.max(r.used);
                 return true;
             }
+            if r.refuse {
+                r.refusals += 1;
+                self.refuse(bytes);
+                return false;
+            }
         }
         if !self.fits(bytes) {
+            if let Some(j) = entered {
+                self.res[j].refusals += 1;
+            }
             self.refuse(bytes);
             return false;
         }
@@ -280,8 +292,20 @@ fn check(
     prop_assert_eq!(s.inner_failures, 0);
     for (r, mr) in reservations.iter().zip(&m.res) {
         prop_assert_eq!(
-            (r.headroom(), r.used(), r.peak_used(), r.size()),
-            (mr.held, mr.used, mr.peak_used, mr.held + mr.used),
+            (
+                r.headroom(),
+                r.used(),
+                r.peak_used(),
+                r.size(),
+                r.refusals()
+            ),
+            (
+                mr.held,
+                mr.used,
+                mr.peak_used,
+                mr.held + mr.used,
+                mr.refusals
+            ),
             "after {:?}",
             after
         );
@@ -369,7 +393,7 @@ fn run(exact: bool, initial_limit: usize, steps: &[Step]) -> Result<(), TestCase
                 prop_assert_eq!(given, (*bytes).min(m.res[i].held));
                 m.res[i].held -= given;
             }
-            Step::Entered(i, ops) => {
+            Step::Entered(i, refuse, ops) => {
                 if reservations.is_empty() {
                     continue;
                 }
@@ -383,6 +407,12 @@ fn run(exact: bool, initial_limit: usize, steps: &[Step]) -> Result<(), TestCase
                         check(&a, &m, &reservations, op)?;
                     }
                 } else {
+                    r.set_overflow(if *refuse {
+                        Overflow::Refuse
+                    } else {
+                        Overflow::Grow
+                    });
+                    m.res[i].refuse = *refuse;
                     let guard = r.enter();
                     for op in ops {
                         block_step(&a, &mut m, &mut blocks, op, Some(i))?;
