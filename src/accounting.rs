@@ -389,7 +389,10 @@ impl Core {
 
     /// Gives bytes back to the budget (reservation headroom, claims).
     pub(crate) fn uncharge(&self, bytes: usize) {
-        self.charged.fetch_sub(bytes, Relaxed);
+        let after = self.charged.fetch_sub(bytes, Relaxed) - bytes;
+        // This thread's window measured usage against the higher charge: restart it, or
+        // credit spent later would read as a peak above anything really in use.
+        let _ = self.own_entry(|e| self.rebase(e, after));
     }
 
     /// Records a refusal; with `report`, also writes the stderr line when enabled.
@@ -595,7 +598,7 @@ impl Core {
         let r = self.entered(e);
         if r.take(size) {
             self.cold.reserved.fetch_sub(size, Relaxed);
-        } else if r.may_grow() && self.reserve(size).is_ok() {
+        } else if r.may_grow() && self.reserve_with_own_credit(e, size) {
             r.note_growth(size);
         } else {
             r.note_refusal();
@@ -608,12 +611,28 @@ impl Core {
         true
     }
 
+    /// Takes `size` bytes for an entered allocation past the reservation's headroom. The
+    /// thread's own unspent credit is part of the shared budget: on a refusal it is handed
+    /// back and the request retried once, as `try_reserve` does.
+    fn reserve_with_own_credit(&self, e: &Entry, size: usize) -> bool {
+        if self.reserve(size).is_ok() {
+            return true;
+        }
+        if e.credit.get() == 0 {
+            return false;
+        }
+        self.give_back(e, e.credit.get());
+        self.reserve(size).is_ok()
+    }
+
     fn release_entered(&self, e: &Entry, size: usize, op: Op) {
         let r = self.entered(e);
         let back = r.give(size);
         self.cold.reserved.fetch_add(back, Relaxed);
         if back < size {
-            self.charged.fetch_sub(size - back, Relaxed);
+            let after = self.charged.fetch_sub(size - back, Relaxed) - (size - back);
+            // As in `uncharge`: the window's base charge is now too high.
+            self.rebase(e, after);
         }
         if e.count(op) {
             self.publish(e);

@@ -314,7 +314,14 @@ impl<'a, A> Reservation<'a, A> {
     /// ```
     pub fn grow(&self, additional: usize) -> Result<(), LimitExceeded> {
         let core = self.owner.core();
-        if core.reserve(additional).is_err() {
+        // As in `new`: this thread's own unspent credit is headroom too; give it back and
+        // retry once before refusing.
+        let mut reserved = core.reserve(additional);
+        if reserved.is_err() {
+            core.return_own_credit();
+            reserved = core.reserve(additional);
+        }
+        if reserved.is_err() {
             core.refuse(additional, false);
             return Err(LimitExceeded::new(
                 additional,
