@@ -70,7 +70,7 @@ fn a_percentage_is_of_the_cgroup_limit_else_of_physical_memory() {
         return child();
     }
     let base = read_cgroup_memory(Path::new("/"))
-        .and_then(|c| c.limit)
+        .and_then(|c| c.limit_bytes)
         .or_else(physical_memory)
         .expect("a cgroup limit or the physical memory size");
     let expected = (base as f64 * 50.0 / 100.0) as u64;
