@@ -25,7 +25,7 @@ fn work(seed: usize) -> Box<[u8]> {
     for i in 0..1000 {
         grown.push(i); // reallocations
     }
-    if seed % 10 == 0 {
+    if seed.is_multiple_of(10) {
         // Now and then a block larger than a credit batch.
         keep.push(vec![1; 600 << 10]);
     }
