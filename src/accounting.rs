@@ -7,8 +7,8 @@
 //!
 //! Credit is taken in batches of at most [`MAX_BATCH`] and at most 1/[`HEADROOM_SHARE`] of
 //! the headroom left, so batches shrink to nothing (exact per-call accounting) as the budget
-//! fills. A thread keeps at most [`HOLD_MAX`] of freed bytes as credit; the rest goes back at
-//! once. When a request is refused, the instance's credit epoch is advanced, which makes
+//! fills. A thread keeps at most [`HOLD_MAX`], and at most 1/[`HOLD_SHARE`] of the headroom,
+//! of freed bytes as credit; past that it hands back all but half the allowance. When a request is refused, the instance's credit epoch is advanced, which makes
 //! every thread hand its credit back on its next call.
 //!
 //! What "exact" means here: read on one thread, `allocated_bytes()` is `charged` minus that
@@ -19,7 +19,7 @@
 use crate::registry::{self, Post, CACHED_SLOTS, SLOTS};
 use crate::reservation::ReservationState;
 use crate::thread_cache::{self, token, Entry, Op, Spent, ThreadCache};
-use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering::*};
 use crossbeam_utils::CachePadded;
 
 /// The most credit a thread takes in one refill.
@@ -28,6 +28,9 @@ pub(crate) const MAX_BATCH: usize = 256 << 10;
 pub(crate) const HOLD_MAX: usize = 2 * MAX_BATCH;
 /// A refill takes at most this fraction (1/N) of the headroom left after the request.
 pub(crate) const HEADROOM_SHARE: usize = 32;
+/// A thread keeps at most this fraction (1/N) of the headroom (as of its last slow path)
+/// in freed bytes.
+pub(crate) const HOLD_SHARE: usize = 8;
 
 /// Read on every call: written only by `set_limit`, threshold changes, and epoch bumps.
 struct Hot {
@@ -61,6 +64,8 @@ struct Cold {
     inner_failures: AtomicU64,
     reserved: AtomicUsize,
     claimed: AtomicUsize,
+    /// The Arrow pool role (see `arrow_pool`): 0 undecided, else a `PoolRole` code.
+    pool_role: AtomicU8,
 }
 
 /// The counters of [`Core::counts`].
@@ -111,6 +116,7 @@ impl Core {
                 inner_failures: AtomicU64::new(0),
                 reserved: AtomicUsize::new(0),
                 claimed: AtomicUsize::new(0),
+                pool_role: AtomicU8::new(0),
             }),
         }
     }
@@ -320,8 +326,8 @@ impl Core {
         e.credit.set(credit);
         let hold = e.hold.get();
         if credit > hold {
-            // Keep half the bound (a batch when roomy), so the next frees stay fast.
-            self.give_back(e, credit - (hold / 2).min(MAX_BATCH).min(credit));
+            // Keep half the allowance so the next few frees stay on the fast path.
+            self.give_back(e, credit - hold / 2);
         }
         if e.count(op) {
             self.publish(e);
@@ -412,7 +418,7 @@ impl Core {
     }
 
     /// Adds bytes to the charge even past the limit (Arrow's infallible `reserve`).
-    #[allow(dead_code)] // used by the Arrow pool (issue 4)
+    #[cfg_attr(not(feature = "arrow"), allow(dead_code))] // the Arrow pool
     pub(crate) fn charge_unchecked(&self, bytes: usize) {
         let after = self.charged.fetch_add(bytes, Relaxed).saturating_add(bytes);
         self.note_own_change(after);
@@ -449,7 +455,10 @@ impl Core {
 
     /// Gives bytes back to the budget (reservation headroom, claims).
     pub(crate) fn uncharge(&self, bytes: usize) {
-        self.charged.fetch_sub(bytes, Relaxed);
+        let after = self.charged.fetch_sub(bytes, Relaxed) - bytes;
+        // This thread's window measured usage against the higher charge: restart it, or
+        // credit spent later would read as a peak above anything really in use.
+        let _ = self.own_entry(|e| self.rebase(e, after));
     }
 
     /// Records a refusal; with `report`, also writes the stderr line when enabled.
@@ -541,14 +550,13 @@ impl Core {
         Some(e)
     }
 
-    /// Sets how much credit frees may leave this thread holding: `HOLD_MAX`, and near the
-    /// limit no more than its credit now plus 1/[`HEADROOM_SHARE`] of the headroom, so
-    /// that freed bytes go back to the budget (where other threads can use them) as it
-    /// fills, as batches shrink. Recomputed on every slow-path call.
+    /// Sets how much credit frees may leave this thread holding: `HOLD_MAX`, and at most
+    /// 1/[`HOLD_SHARE`] of the headroom at `charged`, so that near the limit freed bytes go
+    /// back to the budget, where other threads can use them. Recomputed on every slow-path
+    /// call (also when a parked thread resumes).
     fn set_hold(&self, e: &Entry, charged: usize) {
         let headroom = self.limit().saturating_sub(charged);
-        let hold = e.credit.get().saturating_add(headroom / HEADROOM_SHARE);
-        e.hold.set(hold.min(HOLD_MAX));
+        e.hold.set((headroom / HOLD_SHARE).min(HOLD_MAX));
     }
 
     /// Returns `bytes` of the entry's credit to the budget.
@@ -561,7 +569,8 @@ impl Core {
         self.rebase(e, after);
     }
 
-    /// Publishes the entry's window and opens a new one at charge `after`.
+    /// Publishes the entry's window and opens a new one at charge `after`; resizes the
+    /// entry's hold allowance to the headroom left.
     fn rebase(&self, e: &Entry, after: usize) {
         self.publish(e);
         e.base.set(after);
@@ -653,15 +662,25 @@ impl Core {
         self.cold.deallocs.fetch_add(post.deallocs, Relaxed);
         self.cold.reallocs.fetch_add(post.reallocs, Relaxed);
         self.cold.peak.fetch_max(post.peak, Relaxed);
+        if post.claimed > post.unclaimed {
+            self.cold
+                .claimed
+                .fetch_add(post.claimed - post.unclaimed, Relaxed);
+        } else if post.unclaimed > post.claimed {
+            self.cold
+                .claimed
+                .fetch_sub(post.unclaimed - post.claimed, Relaxed);
+        }
     }
 
     // ---- entered reservations ---------------------------------------------------------
 
     fn entered<'e>(&self, e: &'e Entry) -> &'e ReservationState {
         // SAFETY: ENTERED is set on an entry only together with a non-null `entered`
-        // pointer, which holds one counted reference to a heap-allocated state (see
-        // `ReservationState::retain`); the reference is dropped only after both are
-        // cleared, so the pointee outlives this borrow.
+        // pointer to the state of a live frame of this thread's enter stack, and a frame
+        // holds one counted reference to its heap-allocated state (see
+        // `ReservationState::retain`). `leave` repoints the entry before it releases a
+        // removed frame's reference, so the pointee outlives this borrow.
         unsafe { &*e.entered.get() }
     }
 
@@ -669,7 +688,7 @@ impl Core {
         let r = self.entered(e);
         if r.take(size) {
             self.cold.reserved.fetch_sub(size, Relaxed);
-        } else if r.may_grow() && self.reserve(size).is_ok() {
+        } else if r.may_grow() && self.reserve_with_own_credit(e, size) {
             r.note_growth(size);
         } else {
             r.note_refusal();
@@ -682,12 +701,28 @@ impl Core {
         true
     }
 
+    /// Takes `size` bytes for an entered allocation past the reservation's headroom. The
+    /// thread's own unspent credit is part of the shared budget: on a refusal it is handed
+    /// back and the request retried once, as `try_reserve` does.
+    fn reserve_with_own_credit(&self, e: &Entry, size: usize) -> bool {
+        if self.reserve(size).is_ok() {
+            return true;
+        }
+        if e.credit.get() == 0 {
+            return false;
+        }
+        self.give_back(e, e.credit.get());
+        self.reserve(size).is_ok()
+    }
+
     fn release_entered(&self, e: &Entry, size: usize, op: Op) {
         let r = self.entered(e);
         let back = r.give(size);
         self.cold.reserved.fetch_add(back, Relaxed);
         if back < size {
-            self.charged.fetch_sub(size - back, Relaxed);
+            let after = self.charged.fetch_sub(size - back, Relaxed) - (size - back);
+            // As in `uncharge`: the window's base charge is now too high.
+            self.rebase(e, after);
         }
         if e.count(op) {
             self.publish(e);
@@ -695,35 +730,48 @@ impl Core {
     }
 
     /// Makes `state` the innermost entered reservation of this thread. The caller's
-    /// reference to `state` moves into the thread's entry; the reference to the reservation
-    /// it replaces moves out, returned for [`leave`](Self::leave). `None` (nothing moved)
-    /// when the instance has no cached slot.
-    pub(crate) fn enter(&self, state: *const ReservationState) -> Option<*const ReservationState> {
+    /// reference to `state` moves into a frame of this thread's [`EnterStack`]; returns the
+    /// frame's index for [`leave`](Self::leave). `None` (nothing moved) when the instance has
+    /// no cached slot or the thread has [`MAX_ENTERED`] reservations entered already.
+    ///
+    /// [`EnterStack`]: thread_cache::EnterStack
+    /// [`MAX_ENTERED`]: thread_cache::MAX_ENTERED
+    pub(crate) fn enter(&self, state: *const ReservationState) -> Option<usize> {
         thread_cache::with_live_cache(|c| {
             let e = self.sync_entry(c)?;
-            let previous = e.entered.replace(state);
+            let id = token::id(self.token());
+            let index = thread_cache::with_enter_stack(|s| s.push(id, state)).flatten()?;
+            e.entered.set(state);
             e.token.set(e.token.get() | token::ENTERED);
-            Some(previous)
+            Some(index)
         })
         .flatten()
     }
 
-    /// Puts `previous` (and its reference) back as this thread's entered reservation and
-    /// returns the pointer it replaces, whose reference the caller now owns. Guards dropped
-    /// out of order therefore never leave the entry without a reference to its target.
-    pub(crate) fn leave(&self, previous: *const ReservationState) -> *const ReservationState {
-        self.own_entry(|e| {
-            let current = e.entered.replace(previous);
+    /// Leaves the reservation entered as frame `index`: marks the frame dead, removes the
+    /// dead frames on top of the stack, and points this thread's entry at the innermost live
+    /// frame of this instance (not entered if none). Calls `release` once for each removed
+    /// frame's reference, after the entry is consistent again (releasing may free memory,
+    /// which comes back through this allocator).
+    pub(crate) fn leave(&self, index: usize, release: impl FnMut(*const ReservationState)) {
+        let mut removed = [core::ptr::null(); thread_cache::MAX_ENTERED];
+        let id = token::id(self.hot.token.load(Acquire));
+        let (n, innermost) = thread_cache::with_enter_stack(|s| {
+            let n = s.kill(index, &mut removed);
+            (n, s.innermost(id))
+        })
+        .unwrap_or((0, core::ptr::null()));
+        let _ = self.own_entry(|e| {
+            e.entered.set(innermost);
             let flags = e.token.get() & !token::ENTERED;
-            let entered = if previous.is_null() {
+            let entered = if innermost.is_null() {
                 0
             } else {
                 token::ENTERED
             };
             e.token.set(flags | entered);
-            current
-        })
-        .unwrap_or(previous)
+        });
+        removed[..n].iter().copied().for_each(release);
     }
 
     pub(crate) fn add_reserved(&self, bytes: usize) {
@@ -734,14 +782,20 @@ impl Core {
         self.cold.reserved.fetch_sub(bytes, Relaxed);
     }
 
-    #[allow(dead_code)] // used by the Arrow pool (issue 4)
+    #[cfg_attr(not(feature = "arrow"), allow(dead_code))] // the Arrow pool
     pub(crate) fn add_claimed(&self, bytes: usize) {
         self.cold.claimed.fetch_add(bytes, Relaxed);
     }
 
-    #[allow(dead_code)] // used by the Arrow pool (issue 4)
-    pub(crate) fn sub_claimed(&self, bytes: usize) {
-        self.cold.claimed.fetch_sub(bytes, Relaxed);
+    /// The Arrow pool role code (0 = not decided yet).
+    #[cfg_attr(not(feature = "arrow"), allow(dead_code))] // the Arrow pool
+    pub(crate) fn pool_role_code(&self) -> u8 {
+        self.cold.pool_role.load(Relaxed)
+    }
+
+    #[cfg_attr(not(feature = "arrow"), allow(dead_code))] // the Arrow pool
+    pub(crate) fn set_pool_role_code(&self, code: u8) {
+        self.cold.pool_role.store(code, Relaxed);
     }
 
     // ---- reading ------------------------------------------------------------------------
@@ -800,7 +854,7 @@ impl Core {
 
     /// This instance's registry slot and id, registering it if needed; `None` when the
     /// table is full.
-    #[allow(dead_code)] // used by the Arrow pool (issue 4)
+    #[cfg_attr(not(feature = "arrow"), allow(dead_code))] // the Arrow pool
     pub(crate) fn mailbox(&self) -> Option<(usize, u64)> {
         let t = self.token();
         let slot = token::slot(t);

@@ -145,7 +145,8 @@ impl<A> LimitedAllocator<A> {
     }
 
     /// The highest [`allocated_bytes`](Self::allocated_bytes) since creation or the last
-    /// [`reset_peak`](Self::reset_peak). Never above the limit unless the limit was lowered.
+    /// [`reset_peak`](Self::reset_peak). Never above the limit unless the limit was lowered
+    /// or Arrow claims overfilled a standalone pool (see `docs/arrow.md`).
     ///
     /// ```
     /// let a = limited_allocator::LimitedAllocator::new(std::alloc::System, 1000);

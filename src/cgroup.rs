@@ -19,7 +19,23 @@ use std::path::{Path, PathBuf};
 const V1_UNLIMITED_FROM: u64 = 1 << 62;
 
 /// Which cgroup hierarchy the memory controller was found in.
+///
+/// ```
+/// use limited_allocator::{read_cgroup_memory, CgroupVersion};
+/// if let Some(cg) = read_cgroup_memory(std::path::Path::new("/")) {
+///     let file = match cg.version {
+///         CgroupVersion::V1 => "memory.limit_in_bytes",
+///         CgroupVersion::V2 => "memory.max",
+///     };
+///     println!("limit read from {}/{file}", cg.dir.display());
+/// }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize),
+    serde(rename_all = "lowercase")
+)]
 pub enum CgroupVersion {
     /// The legacy per-controller hierarchy (`memory.limit_in_bytes`).
     V1,
@@ -29,7 +45,14 @@ pub enum CgroupVersion {
 
 /// The memory controller's numbers for this process's cgroup. Each field is `None` when
 /// its file is missing or unreadable, never a guess.
+///
+/// ```
+/// let cg = limited_allocator::read_cgroup_memory(std::path::Path::new("/"));
+/// let container_limit = cg.and_then(|c| c.limit_bytes); // None: no limit, or not in a container
+/// println!("{container_limit:?}");
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct CgroupMemory {
     /// v1 or v2.
@@ -38,11 +61,17 @@ pub struct CgroupMemory {
     pub dir: PathBuf,
     /// The hard limit: smallest `memory.max` / `memory.limit_in_bytes` on the path to the
     /// root. `None` means unlimited ("max", or v1's huge sentinel) or unreadable.
-    pub limit: Option<u64>,
+    pub limit_bytes: Option<u64>,
     /// The soft limit: smallest `memory.high` (v2) / `memory.soft_limit_in_bytes` (v1).
-    pub high: Option<u64>,
-    /// Current usage: `memory.current` (v2) / `memory.usage_in_bytes` (v1).
-    pub usage: Option<u64>,
+    pub high_bytes: Option<u64>,
+    /// Current usage as the kernel charges it, page cache included: `memory.current` (v2) /
+    /// `memory.usage_in_bytes` (v1).
+    pub usage_bytes: Option<u64>,
+    /// Usage less inactive file pages (`inactive_file` in `memory.stat`; v1 prefers
+    /// `total_inactive_file`): what cannot be dropped cheaply. This is the number kubelet
+    /// evicts on, and the one the monitor compares with the limit, so that a page cache
+    /// the kernel would reclaim is not mistaken for pressure.
+    pub working_set_bytes: Option<u64>,
     /// OOM kills in this cgroup: `oom_kill` in `memory.events` (v2) or
     /// `memory.oom_control` (v1, kernels >= 4.13).
     pub oom_kills: Option<u64>,
@@ -55,7 +84,7 @@ pub struct CgroupMemory {
 /// // On any machine this returns without panicking; inside a container it finds the limit.
 /// let cg = limited_allocator::read_cgroup_memory(std::path::Path::new("/"));
 /// if let Some(cg) = cg {
-///     println!("cgroup {:?} limit {:?}", cg.version, cg.limit);
+///     println!("cgroup {:?} limit {:?}", cg.version, cg.limit_bytes);
 /// }
 /// ```
 pub fn read_cgroup_memory(root: &Path) -> Option<CgroupMemory> {
@@ -127,11 +156,13 @@ fn read_hierarchy(version: CgroupVersion, mount: &Path, path: &str) -> Option<Cg
             .filter_map(|d| read_limit(version, &d.join(file)))
             .min()
     };
+    let usage_bytes = read_u64(&dir.join(files.usage));
     Some(CgroupMemory {
         version,
-        limit: smallest(files.limit),
-        high: smallest(files.high),
-        usage: read_u64(&dir.join(files.usage)),
+        limit_bytes: smallest(files.limit),
+        high_bytes: smallest(files.high),
+        usage_bytes,
+        working_set_bytes: usage_bytes.and_then(|usage| read_working_set(version, &dir, usage)),
         oom_kills: read_oom_kills(version, &dir),
         dir,
     })
@@ -149,6 +180,22 @@ fn read_limit(version: CgroupVersion, file: &Path) -> Option<u64> {
         CgroupVersion::V1 if value >= V1_UNLIMITED_FROM => None,
         _ => Some(value),
     }
+}
+
+/// `usage` less the inactive file pages of `memory.stat`.
+fn read_working_set(version: CgroupVersion, dir: &Path, usage: u64) -> Option<u64> {
+    let stat = fs::read_to_string(dir.join("memory.stat")).ok()?;
+    let field = |key: &str| {
+        stat.lines().find_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            (k == key).then(|| v.trim().parse::<u64>().ok()).flatten()
+        })
+    };
+    let inactive = match version {
+        CgroupVersion::V1 => field("total_inactive_file").or_else(|| field("inactive_file")),
+        CgroupVersion::V2 => field("inactive_file"),
+    }?;
+    Some(usage.saturating_sub(inactive))
 }
 
 fn read_u64(file: &Path) -> Option<u64> {
@@ -214,9 +261,9 @@ pub(crate) mod tests {
             );
         let cg = read_cgroup_memory(&f.0).unwrap();
         assert_eq!(cg.version, CgroupVersion::V2);
-        assert_eq!(cg.limit, Some(1 << 30));
-        assert_eq!(cg.high, Some(805_306_368));
-        assert_eq!(cg.usage, Some(1000));
+        assert_eq!(cg.limit_bytes, Some(1 << 30));
+        assert_eq!(cg.high_bytes, Some(805_306_368));
+        assert_eq!(cg.usage_bytes, Some(1000));
         assert_eq!(cg.oom_kills, Some(1));
     }
 
@@ -227,7 +274,10 @@ pub(crate) mod tests {
             .file("sys/fs/cgroup/svc/memory.max", "max\n")
             .file("sys/fs/cgroup/svc/memory.current", "5\n");
         let cg = read_cgroup_memory(&f.0).unwrap();
-        assert_eq!((cg.limit, cg.usage, cg.oom_kills), (None, Some(5), None));
+        assert_eq!(
+            (cg.limit_bytes, cg.usage_bytes, cg.oom_kills),
+            (None, Some(5), None)
+        );
     }
 
     #[test]
@@ -255,8 +305,8 @@ pub(crate) mod tests {
         );
         let cg = read_cgroup_memory(&f.0).unwrap();
         assert_eq!(cg.version, CgroupVersion::V1);
-        assert_eq!(cg.limit, Some(512 << 20));
-        assert_eq!(cg.usage, Some(4096));
+        assert_eq!(cg.limit_bytes, Some(512 << 20));
+        assert_eq!(cg.usage_bytes, Some(4096));
         assert_eq!(cg.oom_kills, Some(3));
 
         let g = Fixture::new("v1-unlimited");
@@ -264,7 +314,7 @@ pub(crate) mod tests {
             "sys/fs/cgroup/memory/memory.limit_in_bytes",
             "9223372036854771712\n",
         );
-        assert_eq!(read_cgroup_memory(&g.0).unwrap().limit, None);
+        assert_eq!(read_cgroup_memory(&g.0).unwrap().limit_bytes, None);
     }
 
     #[test]
@@ -274,7 +324,7 @@ pub(crate) mod tests {
             .file("sys/fs/cgroup/memory.max", "2147483648\n")
             .file("sys/fs/cgroup/memory.current", "77\n");
         let cg = read_cgroup_memory(&f.0).unwrap();
-        assert_eq!((cg.limit, cg.usage), (Some(2 << 30), Some(77)));
+        assert_eq!((cg.limit_bytes, cg.usage_bytes), (Some(2 << 30), Some(77)));
     }
 
     #[test]
@@ -284,7 +334,10 @@ pub(crate) mod tests {
             .file("sys/fs/cgroup/x/memory.max", "lots\n")
             .file("sys/fs/cgroup/x/memory.current", "-1\n");
         let cg = read_cgroup_memory(&f.0).unwrap();
-        assert_eq!((cg.limit, cg.high, cg.usage), (None, None, None));
+        assert_eq!(
+            (cg.limit_bytes, cg.high_bytes, cg.usage_bytes),
+            (None, None, None)
+        );
 
         let empty = Fixture::new("empty");
         assert_eq!(read_cgroup_memory(&empty.0), None);

@@ -9,10 +9,25 @@ use crate::units::{parse_size, SizeParseError};
 use std::path::Path;
 
 /// The environment variable read by [`limit_from_env`].
+///
+/// ```
+/// assert_eq!(limited_allocator::LIMIT_ENV_VAR, "LIMITED_ALLOCATOR_LIMIT");
+/// ```
 pub const LIMIT_ENV_VAR: &str = "LIMITED_ALLOCATOR_LIMIT";
 
 /// A configuration value that cannot be used. The text names the variable and quotes the
 /// value, so the fix is obvious from a log line.
+///
+/// ```
+/// use limited_allocator::{limit_from_var, ConfigError};
+/// std::env::set_var("DOC_LIMIT", "150%");
+/// let err = limit_from_var("DOC_LIMIT").unwrap_err();
+/// assert!(matches!(err, ConfigError::PercentOutOfRange { .. }));
+/// assert_eq!(
+///     err.to_string(),
+///     "DOC_LIMIT=\"150%\": a percentage must be above 0 and at most 100"
+/// );
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
@@ -120,7 +135,7 @@ pub(crate) struct SystemMemory {
 impl SystemMemory {
     pub(crate) fn read(root: &Path) -> Self {
         Self {
-            cgroup_limit: read_cgroup_memory(root).and_then(|c| c.limit),
+            cgroup_limit: read_cgroup_memory(root).and_then(|c| c.limit_bytes),
             physical: physical_memory(),
         }
     }

@@ -87,6 +87,11 @@ impl fmt::Display for PressureLevel {
 }
 
 /// Thresholds rejected by [`PressureThresholds::new`].
+///
+/// ```
+/// let err = limited_allocator::PressureThresholds::new(90.0, 80.0, 95.0).unwrap_err();
+/// assert_eq!((err.medium, err.high, err.critical), (90.0, 80.0, 95.0));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, thiserror::Error)]
 #[error(
     "invalid pressure thresholds medium={medium}%, high={high}%, critical={critical}%: \

@@ -36,6 +36,8 @@ pub(crate) struct Slot {
     deallocs: AtomicU64,
     reallocs: AtomicU64,
     peak: AtomicUsize,
+    claimed: AtomicUsize,
+    unclaimed: AtomicUsize,
 }
 
 impl Slot {
@@ -50,6 +52,8 @@ impl Slot {
             deallocs: AtomicU64::new(0),
             reallocs: AtomicU64::new(0),
             peak: AtomicUsize::new(0),
+            claimed: AtomicUsize::new(0),
+            unclaimed: AtomicUsize::new(0),
         }
     }
 }
@@ -69,6 +73,10 @@ pub(crate) struct Post {
     pub reallocs: u64,
     /// A peak candidate observed by the poster.
     pub peak: usize,
+    /// Bytes newly claimed / released through the Arrow pool interface (attribution for
+    /// `pool_claimed_bytes`, separate from the charge).
+    pub claimed: usize,
+    pub unclaimed: usize,
 }
 
 impl Post {
@@ -86,11 +94,13 @@ pub(crate) fn claim(id: u64, want_cache: bool) -> Option<usize> {
     } else {
         (CACHED_SLOTS..SLOTS, 0..CACHED_SLOTS)
     };
+    // Look before swapping: a failed compare-exchange still takes the cache line.
     first.chain(second).find(|&i| {
-        TABLE[i]
-            .owner
-            .compare_exchange(FREE, id, Ordering::AcqRel, Ordering::Relaxed)
-            .is_ok()
+        let owner = &TABLE[i].owner;
+        owner.load(Ordering::Relaxed) == FREE
+            && owner
+                .compare_exchange(FREE, id, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
     })
 }
 
@@ -134,6 +144,8 @@ pub(crate) fn post(index: usize, id: u64, post: Post) {
         add64(&slot.deallocs, post.deallocs);
         add64(&slot.reallocs, post.reallocs);
         slot.peak.fetch_max(post.peak, Ordering::Relaxed);
+        add(&slot.claimed, post.claimed);
+        add(&slot.unclaimed, post.unclaimed);
         slot.dirty.store(true, Ordering::Release);
     }
     slot.pins.fetch_sub(1, Ordering::Release);
@@ -171,6 +183,8 @@ fn take_all(slot: &Slot) -> Post {
         deallocs: slot.deallocs.swap(0, Ordering::Relaxed),
         reallocs: slot.reallocs.swap(0, Ordering::Relaxed),
         peak: slot.peak.swap(0, Ordering::Relaxed),
+        claimed: slot.claimed.swap(0, Ordering::Relaxed),
+        unclaimed: slot.unclaimed.swap(0, Ordering::Relaxed),
     }
 }
 

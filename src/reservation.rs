@@ -24,6 +24,13 @@ use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*};
 use std::alloc::{GlobalAlloc, Layout, System};
 
 /// What an entered reservation does with an allocation that its headroom cannot cover.
+///
+/// ```
+/// use limited_allocator::{LimitedAllocator, Overflow};
+/// let a = LimitedAllocator::new(std::alloc::System, 1 << 20);
+/// let query = a.try_reserve(1024).unwrap();
+/// query.set_overflow(Overflow::Refuse); // the query may not take more than 1 KiB
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Overflow {
     /// Take the bytes from the allocator's shared budget (still bounded by its limit).
@@ -307,7 +314,14 @@ impl<'a, A> Reservation<'a, A> {
     /// ```
     pub fn grow(&self, additional: usize) -> Result<(), LimitExceeded> {
         let core = self.owner.core();
-        if core.reserve(additional).is_err() {
+        // As in `new`: this thread's own unspent credit is headroom too; give it back and
+        // retry once before refusing.
+        let mut reserved = core.reserve(additional);
+        if reserved.is_err() {
+            core.return_own_credit();
+            reserved = core.reserve(additional);
+        }
+        if reserved.is_err() {
             core.refuse(additional, false);
             return Err(LimitExceeded::new(
                 additional,
@@ -322,6 +336,23 @@ impl<'a, A> Reservation<'a, A> {
         debug_assert!(added.is_ok(), "a live reservation is never closed");
         core.add_reserved(additional);
         Ok(())
+    }
+
+    /// Adds `additional` bytes of headroom, past the limit if need be (Arrow's infallible
+    /// `MemoryReservation::resize`): charged anyway, so the budget reads overfilled and the
+    /// next fallible request is refused.
+    #[cfg_attr(not(feature = "arrow"), allow(dead_code))]
+    pub(crate) fn grow_overfill(&self, additional: usize) {
+        let core = self.owner.core();
+        if core.reserve(additional).is_err() {
+            core.charge_unchecked(additional);
+        }
+        let added = self
+            .state()
+            .held
+            .fetch_update(AcqRel, Acquire, |h| (h != CLOSED).then(|| h + additional));
+        debug_assert!(added.is_ok(), "a live reservation is never closed");
+        core.add_reserved(additional);
     }
 
     /// Gives up to `bytes` of unspent headroom back to the shared budget; returns how many
@@ -372,11 +403,16 @@ impl<'a, A> Reservation<'a, A> {
     /// its frees give back to it. Guards nest; the same reservation may be entered on
     /// several threads at once.
     ///
+    /// Guards may be dropped in any order: a guard dropped while guards entered after it
+    /// are alive stops counting at once for nothing (those inner guards stay in force), and
+    /// once every guard is dropped the thread is not entered in anything, in whatever order
+    /// they went.
+    ///
     /// # Panics
-    /// If the allocator has no slot in the process-wide table (more than 63 allocators with
+    /// If the allocator has no slot in the process-wide table (more than 64 allocators with
     /// a thread cache are alive at once, or it was built with
-    /// [`new_exact`](LimitedAllocator::new_exact)); use [`try_enter`](Self::try_enter) to
-    /// handle that case.
+    /// [`new_exact`](LimitedAllocator::new_exact)), or this thread already has 16
+    /// reservations entered; use [`try_enter`](Self::try_enter) to handle that case.
     ///
     /// ```
     /// use limited_allocator::LimitedAllocator;
@@ -415,9 +451,9 @@ impl<'a, A> Reservation<'a, A> {
         let ptr = self.state.as_ptr().cast_const();
         self.state().retain();
         match core.enter(ptr) {
-            Some(previous) => Ok(EnterGuard {
+            Some(frame) => Ok(EnterGuard {
                 core,
-                previous,
+                frame,
                 _not_send: PhantomData,
             }),
             None => {
@@ -455,22 +491,39 @@ impl<A> Drop for Reservation<'_, A> {
 }
 
 /// A reservation could not be entered: its allocator has no slot in the process-wide table
-/// (it was built with [`LimitedAllocator::new_exact`], or more than 63 allocators with a
-/// thread cache are alive at once).
+/// (it was built with [`LimitedAllocator::new_exact`], or more than 64 allocators with a
+/// thread cache are alive at once), or the thread already has 16 reservations entered.
+///
+/// ```
+/// let exact = limited_allocator::LimitedAllocator::new_exact(std::alloc::System, 100);
+/// let r = exact.try_reserve(10).unwrap();
+/// let err: limited_allocator::EnterError = r.try_enter().unwrap_err();
+/// assert!(err.to_string().starts_with("cannot enter the reservation"));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error(
     "cannot enter the reservation: its allocator has no per-thread slot (built with \
-     new_exact, or more than 63 allocators with a thread cache are alive)"
+     new_exact, or more than 64 allocators with a thread cache are alive), or this thread \
+     already has 16 reservations entered"
 )]
 pub struct EnterError;
 
 /// While alive, this thread's allocations are served from the entered reservation.
 /// Returned by [`Reservation::enter`]; not `Send` (entering is per thread).
+///
+/// ```
+/// let a = limited_allocator::LimitedAllocator::new(std::alloc::System, 1 << 20);
+/// let r = a.try_reserve(4096).unwrap();
+/// let outer = r.enter();
+/// let inner = r.enter(); // guards nest
+/// drop(inner);
+/// drop(outer);
+/// ```
 #[must_use = "the reservation is left as soon as the guard drops"]
 pub struct EnterGuard<'r> {
     core: &'r Core,
-    /// The reservation entered before this one (null if none), with its reference.
-    previous: *const ReservationState,
+    /// This entering's frame in the thread's enter stack (which holds the reference).
+    frame: usize,
     _not_send: PhantomData<*const ()>,
 }
 
@@ -482,12 +535,14 @@ impl fmt::Debug for EnterGuard<'_> {
 
 impl Drop for EnterGuard<'_> {
     fn drop(&mut self) {
-        let replaced = self.core.leave(self.previous);
-        if let Some(ptr) = NonNull::new(replaced.cast_mut()) {
-            // SAFETY: `leave` handed us the reference the thread entry held for `ptr`, a
-            // state from `ReservationState::allocate`; nothing reaches it through us again.
-            unsafe { ReservationState::release(ptr) };
-        }
+        self.core.leave(self.frame, |removed| {
+            if let Some(ptr) = NonNull::new(removed.cast_mut()) {
+                // SAFETY: `leave` hands over the reference a removed frame held for `ptr`, a
+                // state from `ReservationState::allocate`; the frame is gone and no entry
+                // points at it any more.
+                unsafe { ReservationState::release(ptr) };
+            }
+        });
     }
 }
 

@@ -90,9 +90,9 @@ pub(crate) struct Entry {
     pub credit: Cell<usize>,
     /// The lowest `credit` since the window opened (for the peak).
     pub low: Cell<usize>,
-    /// The most credit a free may leave this thread holding (the fast path's refund
-    /// bound): `HOLD_MAX` in a roomy budget, less near the limit, set by the slow path
-    /// from the headroom (see `Core::set_hold`).
+    /// The most credit this thread may keep from frees: `HOLD_MAX` far from the limit,
+    /// shrinking with the headroom (set on each slow path, see `Core::set_hold`), so near
+    /// the limit freed bytes go straight back to the shared budget.
     pub hold: Cell<usize>,
     /// Count-downs to the next publication: `PUBLISH_EVERY` minus the pending operations of
     /// each kind. A count-down lets the fast path count and test in one instruction.
@@ -103,7 +103,8 @@ pub(crate) struct Entry {
     pub base: Cell<usize>,
     /// The instance's peak generation when the window opened.
     pub peak_gen: Cell<usize>,
-    /// The innermost entered reservation, or null.
+    /// The innermost live entered reservation of this instance on this thread, or null.
+    /// Borrowed: the reference that keeps it alive is held by its [`EnterStack`] frame.
     pub entered: Cell<*const ReservationState>,
 }
 
@@ -222,6 +223,89 @@ impl Entry {
     }
 }
 
+/// Most reservations one thread can have entered at once (all instances together).
+pub(crate) const MAX_ENTERED: usize = 16;
+
+/// One `enter()` on this thread: which instance, which reservation (holding one counted
+/// reference to it), and whether its guard is still alive.
+#[derive(Clone, Copy)]
+pub(crate) struct Frame {
+    pub id: u64,
+    pub state: *const ReservationState,
+    pub live: bool,
+}
+
+impl Frame {
+    const EMPTY: Frame = Frame {
+        id: 0,
+        state: core::ptr::null(),
+        live: false,
+    };
+}
+
+/// This thread's entered reservations, innermost last. Guards are usually dropped innermost
+/// first; one dropped out of order only marks its frame dead, and dead frames are removed
+/// once nothing live is above them. So a live guard's frame never moves, and after all
+/// guards are dropped nothing is entered, in whatever order they went. Not on the
+/// allocation path: that reads [`Entry::entered`], which `enter`/`leave` keep equal to the
+/// innermost live frame of the entry's instance.
+pub(crate) struct EnterStack {
+    frames: [Cell<Frame>; MAX_ENTERED],
+    len: Cell<usize>,
+}
+
+impl EnterStack {
+    const fn new() -> Self {
+        Self {
+            frames: [const { Cell::new(Frame::EMPTY) }; MAX_ENTERED],
+            len: Cell::new(0),
+        }
+    }
+
+    /// Pushes a live frame (taking over the caller's reference to `state`); its index, or
+    /// `None` when the stack is full.
+    pub fn push(&self, id: u64, state: *const ReservationState) -> Option<usize> {
+        let len = self.len.get();
+        let frame = self.frames.get(len)?;
+        frame.set(Frame {
+            id,
+            state,
+            live: true,
+        });
+        self.len.set(len + 1);
+        Some(len)
+    }
+
+    /// Marks frame `index` dead and removes the dead frames on top. Returns the removed
+    /// frames' states (whose references the caller now owns) in `out`, and how many.
+    pub fn kill(&self, index: usize, out: &mut [*const ReservationState; MAX_ENTERED]) -> usize {
+        if let Some(frame) = self.frames.get(index) {
+            let mut f = frame.get();
+            f.live = false;
+            frame.set(f);
+        }
+        let mut n = 0;
+        let mut len = self.len.get();
+        while len > 0 && !self.frames[len - 1].get().live {
+            len -= 1;
+            out[n] = self.frames[len].replace(Frame::EMPTY).state;
+            n += 1;
+        }
+        self.len.set(len);
+        n
+    }
+
+    /// The innermost live frame's state for instance `id`, or null.
+    pub fn innermost(&self, id: u64) -> *const ReservationState {
+        self.frames[..self.len.get()]
+            .iter()
+            .rev()
+            .map(Cell::get)
+            .find(|f| f.live && f.id == id)
+            .map_or(core::ptr::null(), |f| f.state)
+    }
+}
+
 /// The outcome of a fast-path attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Spent {
@@ -280,6 +364,7 @@ impl ThreadCache {
 
 thread_local! {
     static CACHE: ThreadCache = const { ThreadCache::new() };
+    static ENTERED: EnterStack = const { EnterStack::new() };
     static EXIT: ExitGuard = const { ExitGuard };
 }
 
@@ -301,13 +386,25 @@ pub(crate) fn with_live_cache<R>(f: impl FnOnce(&ThreadCache) -> R) -> Option<R>
                 cache.state.set(REGISTERING);
                 // Touching EXIT registers its destructor; that may allocate and re-enter
                 // the allocator, which then sees REGISTERING and takes the exact path.
-                EXIT.with(|_| {});
-                cache.state.set(LIVE);
+                // `try_with` because a thread's first allocation may come from another
+                // thread-local's destructor, when registering is no longer possible: then
+                // this thread never holds credit.
+                let registered = EXIT.try_with(|_| {}).is_ok();
+                cache.state.set(if registered { LIVE } else { EXITED });
+                if !registered {
+                    return None;
+                }
             }
             _ => return None,
         }
         Some(f(cache))
     })
+}
+
+/// Runs `f` on this thread's stack of entered reservations; `None` once the thread's
+/// thread-locals are being destroyed.
+pub(crate) fn with_enter_stack<R>(f: impl FnOnce(&EnterStack) -> R) -> Option<R> {
+    ENTERED.try_with(f).ok()
 }
 
 /// Returns every entry's credit and counts through the registry when its thread exits.
@@ -330,6 +427,7 @@ impl Drop for ExitGuard {
                     deallocs,
                     reallocs,
                     peak: entry.peak_candidate(),
+                    ..Post::default()
                 };
                 registry::post(slot, token::id(token), post);
                 entry.clear(0);

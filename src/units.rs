@@ -7,6 +7,11 @@
 use core::fmt;
 
 /// Why a byte-size string could not be read. See [`parse_size`].
+///
+/// ```
+/// use limited_allocator::{parse_size, SizeParseError};
+/// assert_eq!(parse_size("3 furlongs"), Err(SizeParseError::UnknownUnit("furlongs".into())));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SizeParseError {
     /// The string was empty or only white space.

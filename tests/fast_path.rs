@@ -213,45 +213,45 @@ fn a_new_instance_never_spends_a_dropped_ones_credit() {
 /// keep another from the budget once it makes any call, or exits.
 #[test]
 fn credit_is_recalled_on_refusal() {
-    const LIMIT: usize = 1 << 20;
-    const BIG: usize = 700 << 10;
+    const LIMIT: usize = 8 << 20;
     let a = Arc::new(quiet(LIMIT));
     let (poke, poked) = mpsc::channel::<bool>();
     let (done, wait_done) = mpsc::channel::<()>();
     let holder = {
         let a = Arc::clone(&a);
         std::thread::spawn(move || {
-            // Freed bytes stay as this thread's credit (up to 512 KiB): hold ~400 KiB.
+            // Freed bytes stay as this thread's credit (up to 512 KiB in a roomy budget).
+            let small = Block(alloc(&a, 8).unwrap(), 8);
             let p = alloc(&a, 400 << 10).unwrap();
             free(&a, p, 400 << 10);
             done.send(()).unwrap();
-            // Make one call whenever asked; exit when told.
-            while let Ok(true) = poked.recv() {
-                let p = alloc(&a, 8).unwrap();
-                free(&a, p, 8);
-                done.send(()).unwrap();
-            }
+            // When poked, free the small block: one call, which takes no new batch.
+            let _ = poked.recv();
+            free(&a, small.0, small.1);
+            done.send(()).unwrap();
+            // Then exit when told.
+            let _ = poked.recv();
         })
     };
     wait_done.recv().unwrap();
     // The holder's credit reads as usage from here (bounded slack) and leaves too little
-    // headroom for BIG: refused, which recalls it.
-    let slack = a.allocated_bytes();
-    assert!((400 << 10..=512 << 10).contains(&slack), "slack {slack}");
-    assert!(alloc(&a, BIG).is_none());
+    // headroom for `big`, which would fit the live bytes: refused, which recalls it.
+    let slack = a.allocated_bytes() - 8;
+    assert!((100 << 10..=512 << 10).contains(&slack), "slack {slack}");
+    let big = LIMIT - 8 - slack / 2;
+    assert!(alloc(&a, big).is_none());
     assert_eq!(a.stats().refusals, 1);
-    // The holder's next call hands its credit back (it may take a small new batch).
+    // The holder's next call hands its credit back.
     poke.send(true).unwrap();
     wait_done.recv().unwrap();
     let slack = a.allocated_bytes();
-    // A new batch is at most 1/32 of the headroom (plus the 8 bytes it just freed).
-    assert!(slack <= LIMIT / 32 + 8, "slack after the recall {slack}");
-    let big = alloc(&a, BIG).expect("BIG fits once the holder's credit is recalled");
+    assert!(slack <= 8, "slack after the recall {slack}");
+    let p = alloc(&a, big).expect("fits once the holder's credit is recalled");
     // The holder exits: its exit returns whatever credit it held.
     poke.send(false).unwrap();
     holder.join().unwrap();
-    assert_eq!(a.allocated_bytes(), BIG);
-    free(&a, big, BIG);
+    assert_eq!(a.allocated_bytes(), big);
+    free(&a, p, big);
     assert_eq!(a.allocated_bytes(), 0);
     let all = alloc(&a, LIMIT).expect("the whole budget with no other thread");
     free(&a, all, LIMIT);

@@ -1,0 +1,131 @@
+//! An infallible allocation past the limit kills the process (Rust's `handle_alloc_error`
+//! aborts), and the allocator's own line on stderr says why, naming the request and the
+//! limit. Each case runs in a child process: the test binary re-executed with a role.
+
+use allocator_tests::{child_role, run_child, ChildOutput};
+use limited_allocator::LimitedAllocator;
+use std::alloc::System;
+use std::hint::black_box;
+
+#[global_allocator]
+static ALLOC: LimitedAllocator = LimitedAllocator::new(System, LimitedAllocator::UNLIMITED);
+
+const LIMIT: usize = 64 << 20;
+const ASK: usize = 256 << 20;
+/// What the line says about the limit (`Exact` formatting: bytes, then the human form).
+const LIMIT_TEXT: &str = "of the 67108864 bytes (64.0 MiB) limit";
+
+/// The child side: do the fatal thing; reaching the end is a failure the parent sees.
+fn child(role: &str) {
+    match role {
+        "vec" => {
+            ALLOC.set_limit(LIMIT);
+            let v = vec![0u8; ASK]; // alloc_zeroed, refused: aborts here
+            black_box(&v);
+        }
+        "quiet" => {
+            ALLOC.set_refusal_reporting(false);
+            ALLOC.set_limit(LIMIT);
+            let v = vec![0u8; ASK];
+            black_box(&v);
+        }
+        "realloc" => {
+            let mut v: Vec<u8> = Vec::with_capacity(1 << 20);
+            v.push(1);
+            ALLOC.set_limit(LIMIT);
+            v.reserve_exact(ASK); // realloc from 1 MiB to ASK + 1 bytes, refused
+            black_box(&v);
+        }
+        other => panic!("unknown child role {other:?}"),
+    }
+    println!("CHILD SURVIVED");
+}
+
+/// Runs `test` as a child in `role` and checks that it died of SIGABRT.
+fn aborted(test: &str, role: &str) -> ChildOutput {
+    let out = run_child(test, role, &[], &[]);
+    assert!(!out.status.success(), "the child survived: {out:#?}");
+    assert_eq!(
+        out.signal(),
+        Some(libc::SIGABRT),
+        "the child did not abort: {out:#?}"
+    );
+    assert!(!out.stdout.contains("CHILD SURVIVED"), "{out:#?}");
+    out
+}
+
+/// Our line, if the child wrote one.
+fn our_line(out: &ChildOutput) -> Option<&str> {
+    out.stderr
+        .lines()
+        .find(|l| l.starts_with("limited-allocator: refused"))
+}
+
+#[test]
+fn infallible_vec_past_the_limit_aborts_and_the_line_names_the_limit() {
+    if let Some(role) = child_role() {
+        return child(&role);
+    }
+    let out = aborted(
+        "infallible_vec_past_the_limit_aborts_and_the_line_names_the_limit",
+        "vec",
+    );
+    let line = our_line(&out).unwrap_or_else(|| panic!("no refusal line: {out:#?}"));
+    assert!(
+        line.starts_with("limited-allocator: refused 268435456 bytes (256.0 MiB): "),
+        "{line}"
+    );
+    assert!(line.contains(LIMIT_TEXT), "the limit is not named: {line}");
+    assert!(line.contains("available"), "{line}");
+    // Rust's own message follows ours: the operator sees both.
+    let ours = out.stderr.find("limited-allocator: refused").unwrap();
+    let rusts = out
+        .stderr
+        .find(&format!("memory allocation of {ASK} bytes failed"))
+        .unwrap_or_else(|| panic!("no message from handle_alloc_error: {out:#?}"));
+    assert!(ours < rusts, "{out:#?}");
+}
+
+#[test]
+fn refused_realloc_growth_aborts_and_the_line_names_the_growth() {
+    if let Some(role) = child_role() {
+        return child(&role);
+    }
+    let out = aborted(
+        "refused_realloc_growth_aborts_and_the_line_names_the_growth",
+        "realloc",
+    );
+    let line = our_line(&out).unwrap_or_else(|| panic!("no refusal line: {out:#?}"));
+    // A realloc is charged (and refused) by its growth: ASK + 1 bytes minus the 1 MiB held.
+    let growth = ASK + 1 - (1 << 20);
+    assert!(
+        line.starts_with(&format!("limited-allocator: refused {growth} bytes")),
+        "{line}"
+    );
+    assert!(line.contains(LIMIT_TEXT), "{line}");
+    assert!(
+        out.stderr
+            .contains(&format!("memory allocation of {} bytes failed", ASK + 1)),
+        "{out:#?}"
+    );
+}
+
+#[test]
+fn with_reporting_off_it_still_aborts_but_writes_no_line() {
+    if let Some(role) = child_role() {
+        return child(&role);
+    }
+    let out = aborted(
+        "with_reporting_off_it_still_aborts_but_writes_no_line",
+        "quiet",
+    );
+    assert!(
+        !out.stderr.contains("limited-allocator:"),
+        "a line although reporting is off: {out:#?}"
+    );
+    assert!(
+        out.stderr
+            .contains(&format!("memory allocation of {ASK} bytes failed")),
+        "{out:#?}"
+    );
+}
