@@ -68,7 +68,7 @@ fn limit_holds_at_tight_budgets_with_many_threads() {
                         start.wait();
                         for _ in 0..20_000 {
                             let r = next();
-                            if held.len() == 64 || (!held.is_empty() && r % 3 == 0) {
+                            if held.len() == 64 || (!held.is_empty() && r.is_multiple_of(3)) {
                                 let (p, size) = held.swap_remove(r as usize % held.len());
                                 live.fetch_sub(size, SeqCst);
                                 free(a, p, size);
@@ -126,7 +126,7 @@ fn counts_are_exact_after_thousands_of_threads_exit() {
                         for _ in 0..50 {
                             let size = 1 + next() as usize % 5000;
                             let p = alloc(a, size).unwrap();
-                            if next() % 4 == 0 {
+                            if next().is_multiple_of(4) {
                                 tx.send(Block(p, size)).unwrap(); // freed by the main thread
                             } else {
                                 free(a, p, size);
