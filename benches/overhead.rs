@@ -676,7 +676,21 @@ fn table(rounds: usize, filter: &str) {
     println!("\n(Queries have no bare allocator: compare their nanoseconds in the first table.)\n");
 }
 
+/// glibc moves its mmap threshold with the history of frees (up to 32 MiB), so whether a
+/// 256 KiB block costs an mmap/munmap pair depended on which workloads ran before. Fixing
+/// the thresholds makes every workload see the same `System`, whatever the order or filter:
+/// blocks up to 1 MiB come from the heap, and freed memory is not trimmed back.
+fn pin_glibc_thresholds() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes malloc's tuning; called before the benchmark threads.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 20);
+    }
+}
+
 fn main() {
+    pin_glibc_thresholds();
     // `OVERHEAD_PROBE=small_pairs_1_thread:1:1000000`: run one workload on one allocator
     // (index into NAMES) for that many iterations and exit, for `valgrind --tool=callgrind`.
     if let Ok(probe) = std::env::var("OVERHEAD_PROBE") {

@@ -527,8 +527,14 @@ impl Core {
         }
         let current = self.token();
         let e = cache.entry(current)?;
-        self.absorb();
         let held = e.token.get();
+        if held == current {
+            // In sync, neither parked nor entering: nothing to do. (Going over the limit
+            // always advances the epoch, see `recall_if_over` and `set_limit`, so an entry
+            // synced at the current epoch was synced while under the limit.)
+            return Some(e);
+        }
+        self.absorb();
         if held & !token::FLAGS != current {
             if held != 0 && token::id(held) == token::id(current) {
                 // Our own credit from an earlier epoch: hand it back, keep counts and entering.
@@ -572,7 +578,10 @@ impl Core {
     /// Publishes the entry's window and opens a new one at charge `after`; resizes the
     /// entry's hold allowance to the headroom left.
     fn rebase(&self, e: &Entry, after: usize) {
-        self.publish(e);
+        // Only the peak: a window's peak is lost if not published when the window closes,
+        // while counts keep (they are published by the count-downs, on exit, and read by
+        // this thread directly), so the slow path costs no counter writes.
+        self.publish_peak(e);
         e.base.set(after);
         e.low.set(e.credit.get());
         e.peak_gen.set(self.cold.peak_gen.load(Relaxed));
@@ -590,8 +599,17 @@ impl Core {
         add(&self.cold.allocs, allocs);
         add(&self.cold.deallocs, deallocs);
         add(&self.cold.reallocs, reallocs);
-        if e.peak_gen.get() == self.cold.peak_gen.load(Relaxed) {
-            self.cold.peak.fetch_max(e.peak_candidate(), Relaxed);
+        self.publish_peak(e);
+    }
+
+    /// Publishes the window's peak candidate; a plain load first, so that the common case
+    /// (no new peak) writes nothing to the shared line.
+    fn publish_peak(&self, e: &Entry) {
+        let candidate = e.peak_candidate();
+        if candidate > self.cold.peak.load(Relaxed)
+            && e.peak_gen.get() == self.cold.peak_gen.load(Relaxed)
+        {
+            self.cold.peak.fetch_max(candidate, Relaxed);
         }
     }
 
