@@ -271,8 +271,26 @@ impl Core {
     }
 
     fn charge_slow(&self, size: usize, op: Op) -> bool {
+        if let Some(done) = self.in_sync(|e| self.spend_cached(e, size, op)) {
+            return done;
+        }
         thread_cache::with_live_cache(|c| self.charge_cached(c, size, op))
             .unwrap_or_else(|| self.charge_exact(size, op))
+    }
+
+    /// Runs `f` on this thread's entry if it holds exactly the instance's token: in sync,
+    /// neither parked nor entering, and (having been synced) on a live thread cache. Then
+    /// the slow path needs none of `sync_entry`'s checks: the fast path only failed for
+    /// want of credit or room to hold it (large blocks), and goes straight to a refill or
+    /// a give-back.
+    #[inline]
+    fn in_sync<R>(&self, f: impl FnOnce(&Entry) -> R) -> Option<R> {
+        let token = self.hot.token.load(Relaxed);
+        let at = self.hot.entry_offset.load(Relaxed);
+        thread_cache::with_cache(|c| {
+            let e = c.fast_entry(at);
+            (e.token.get() == token).then(|| f(e))
+        })
     }
 
     fn charge_cached(&self, cache: &ThreadCache, size: usize, op: Op) -> bool {
@@ -285,6 +303,12 @@ impl Core {
         if e.token.get() & token::PARKED != 0 {
             return self.charge_exact(size, op);
         }
+        self.spend_cached(e, size, op)
+    }
+
+    /// Spends `size` of the entry's credit, refilling it first if short. The entry is in
+    /// sync (not parked, not entering).
+    fn spend_cached(&self, e: &Entry, size: usize, op: Op) -> bool {
         let credit = e.credit.get();
         if credit < size {
             match self.carve(size - credit) {
@@ -308,6 +332,9 @@ impl Core {
     }
 
     fn release_slow(&self, size: usize, op: Op) {
+        if self.in_sync(|e| self.refund_cached(e, size, op)).is_some() {
+            return;
+        }
         thread_cache::with_live_cache(|c| self.release_cached(c, size, op))
             .unwrap_or_else(|| self.release_exact(size, op))
     }
@@ -322,6 +349,12 @@ impl Core {
         if e.token.get() & token::PARKED != 0 {
             return self.release_exact(size, op);
         }
+        self.refund_cached(e, size, op);
+    }
+
+    /// Takes `size` freed bytes back as credit, handing back what passes the entry's hold.
+    /// The entry is in sync (not parked, not entering).
+    fn refund_cached(&self, e: &Entry, size: usize, op: Op) {
         let credit = e.credit.get().saturating_add(size);
         e.credit.set(credit);
         let hold = e.hold.get();
