@@ -8,8 +8,15 @@
 //! Credit is taken in batches of at most [`MAX_BATCH`] and at most 1/[`HEADROOM_SHARE`] of
 //! the headroom left, so batches shrink to nothing (exact per-call accounting) as the budget
 //! fills. A thread keeps at most [`HOLD_MAX`], and at most 1/[`HOLD_SHARE`] of the headroom,
-//! of freed bytes as credit; past that it hands back all but half the allowance. When a request is refused, the instance's credit epoch is advanced, which makes
-//! every thread hand its credit back on its next call.
+//! of freed bytes as credit; past that it hands back all but half the allowance. When a
+//! request is refused, the instance's credit epoch is advanced, which makes every thread
+//! hand its credit back on its next call.
+//!
+//! The fast path ([`Core::charge_fast`], [`Core::release_fast`]) loads the instance's token
+//! and entry offset, compares the token with this thread's entry, and moves bytes between
+//! the entry's credit and the caller: no shared write, no lock, no allocation, no panic.
+//! Everything else (refills, give-backs, publication, parking, entering, threads starting
+//! or exiting) is out of line in the `*_rest` / `*_slow` functions.
 //!
 //! What "exact" means here: read on one thread, `allocated_bytes()` is `charged` minus that
 //! thread's own credit, which is exactly the live bytes when no other thread holds credit.

@@ -6,8 +6,8 @@ use crate::{error::percent, PressureLevel};
 /// at once by [`stats`](crate::LimitedAllocator::stats).
 ///
 /// Counts made on the calling thread are exact. Counts made on other live threads are
-/// published in batches (every few thousand operations, and whenever a thread refills its
-/// credit or exits), so they may lag by that much; see `docs/performance.md`.
+/// published in batches (every 4096 operations of a kind, and when a thread exits), so
+/// they may lag by that much; see `docs/performance.md`.
 ///
 /// ```
 /// use limited_allocator::LimitedAllocator;
