@@ -160,9 +160,9 @@ fn block(ptr: *mut u8, size: usize) -> Result<NonNull<[u8]>, AllocError> {
 
 // SAFETY: blocks come from the `GlobalAlloc` static that `P` names, which lives for
 // `'static`, so they stay valid until deallocated whatever happens to this handle or its
-// copies; all handles of one `P` refer to the same allocator, so a block may be freed through any of them. Zero-sized requests never
-// reach the `GlobalAlloc` (which forbids them) and get a dangling, aligned pointer that is
-// never passed back to it. `grow`/`shrink` use `realloc` only when the alignment is unchanged
+// copies; all handles of one `P` refer to the same allocator, so a block may be freed
+// through any of them. Zero-sized requests never reach the `GlobalAlloc` (which forbids
+// them) and get a dangling, aligned pointer that is never passed back to it. `grow`/`shrink` use `realloc` only when the alignment is unchanged
 // (its precondition) and both sizes are non-zero; otherwise they allocate, copy and free.
 unsafe impl<P: Pick> Allocator for Via<P> {
     fn allocate(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
