@@ -25,7 +25,7 @@
 
 use crate::registry::{self, Post, CACHED_SLOTS, SLOTS};
 use crate::reservation::ReservationState;
-use crate::thread_cache::{self, token, Entry, Op, Spent, ThreadCache};
+use crate::thread_cache::{self, token, Entry, EntryAt, Op, Spent, ThreadCache};
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering::*};
 use crossbeam_utils::CachePadded;
 
@@ -42,12 +42,11 @@ pub(crate) const HOLD_SHARE: usize = 8;
 /// Read on every call: written only by `set_limit`, threshold changes, and epoch bumps.
 struct Hot {
     token: AtomicU64,
-    /// Where this instance's entry sits in every thread's cache, in bytes (its slot times
-    /// the entry size; 0 until registered and for an instance without a cached slot). Read
-    /// next to `token` by the fast path, which then needs no arithmetic on the token. A
+    /// Where this instance's entry sits in every thread's cache (0 until registered and
+    /// for an instance without a cached slot). Read next to `token` by the fast path. A
     /// stale 0 is harmless: entry 0 only ever holds tokens of slot 0, so it matches this
     /// instance's token only if 0 is in fact its slot.
-    entry_offset: AtomicUsize,
+    entry_at: EntryAt,
     limit: AtomicUsize,
     thresholds: AtomicU64,
     report_refusals: AtomicBool,
@@ -102,7 +101,7 @@ impl Core {
         Self {
             hot: CachePadded::new(Hot {
                 token: AtomicU64::new(token::UNREGISTERED),
-                entry_offset: AtomicUsize::new(0),
+                entry_at: EntryAt::new(),
                 limit: AtomicUsize::new(limit),
                 thresholds: AtomicU64::new(crate::PressureThresholds::DEFAULT_BITS),
                 report_refusals: AtomicBool::new(true),
@@ -211,7 +210,7 @@ impl Core {
     #[inline(always)]
     pub(crate) fn charge_fast(&self, size: usize, op: Op) -> Spent {
         let token = self.hot.token.load(Relaxed);
-        let at = self.hot.entry_offset.load(Relaxed);
+        let at = &self.hot.entry_at;
         thread_cache::with_cache(|c| c.fast_entry(at).try_spend(token, size, op))
     }
 
@@ -250,7 +249,7 @@ impl Core {
     #[inline(always)]
     pub(crate) fn release_fast(&self, size: usize, op: Op) -> Spent {
         let token = self.hot.token.load(Relaxed);
-        let at = self.hot.entry_offset.load(Relaxed);
+        let at = &self.hot.entry_at;
         thread_cache::with_cache(|c| c.fast_entry(at).try_refund(token, size, op))
     }
 
@@ -293,7 +292,7 @@ impl Core {
     #[inline]
     fn in_sync<R>(&self, f: impl FnOnce(&Entry) -> R) -> Option<R> {
         let token = self.hot.token.load(Relaxed);
-        let at = self.hot.entry_offset.load(Relaxed);
+        let at = &self.hot.entry_at;
         thread_cache::with_cache(|c| {
             let e = c.fast_entry(at);
             (e.token.get() == token).then(|| f(e))
@@ -532,9 +531,7 @@ impl Core {
         {
             Ok(_) => {
                 if let Some(slot) = slot.filter(|&s| s < CACHED_SLOTS) {
-                    self.hot
-                        .entry_offset
-                        .store(ThreadCache::entry_offset(slot), Relaxed);
+                    self.hot.entry_at.set(slot);
                 }
                 fresh
             }

@@ -24,6 +24,7 @@
 use crate::registry::{self, Post, CACHED_SLOTS};
 use crate::reservation::ReservationState;
 use core::cell::Cell;
+use core::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 /// Token bit layout; see the module docs.
 pub(crate) mod token {
@@ -439,20 +440,43 @@ impl ThreadCache {
         self.entries.get(token::slot(token))
     }
 
-    /// The byte offset of a cached slot's entry, as [`fast_entry`](Self::fast_entry) takes it.
-    pub const fn entry_offset(slot: usize) -> usize {
-        slot * core::mem::size_of::<Entry>()
+    /// The entry at `at`, for the fast path to compare its instance's token against.
+    /// Neither masked nor bounds-checked: an [`EntryAt`] only ever holds the byte offset of
+    /// a cached slot's entry, so any value loaded from it is in bounds. The fast path only
+    /// acts when that entry holds exactly its token. An entry only ever holds 0 or tokens
+    /// of its own slot (see `Core::sync_entry`), and no token is 0, so a stale offset (0
+    /// before registration), an uncached slot or `UNREGISTERED` never matches.
+    #[inline(always)]
+    pub fn fast_entry(&self, at: &EntryAt) -> &Entry {
+        let offset = at.0.load(Relaxed);
+        // SAFETY: `offset` is `slot * size_of::<Entry>()` for some `slot < CACHED_SLOTS`
+        // (the only values an `EntryAt` holds), so it points at an element of `entries`,
+        // which is aligned and initialised.
+        unsafe {
+            &*self
+                .entries
+                .as_ptr()
+                .cast::<u8>()
+                .add(offset)
+                .cast::<Entry>()
+        }
+    }
+}
+
+/// Where an instance's entry sits in every thread's cache: the byte offset of a cached
+/// slot's entry, 0 until set. Read next to the token by the fast path, which then needs no
+/// arithmetic on the token and no bounds check (see [`ThreadCache::fast_entry`]).
+pub(crate) struct EntryAt(AtomicUsize);
+
+impl EntryAt {
+    pub const fn new() -> Self {
+        Self(AtomicUsize::new(0))
     }
 
-    /// The entry at byte offset `at` (from [`entry_offset`](Self::entry_offset)), for the
-    /// fast path to compare its instance's token against. Masked rather than bounds-checked
-    /// (one `and`, no branch): any `at` gives some entry, and the fast path only acts when
-    /// that entry holds exactly its token. An entry only ever holds 0 or tokens of its own
-    /// slot (see `Core::sync_entry`), and no token is 0, so a wrong or stale offset, an
-    /// uncached slot or `UNREGISTERED` never matches.
-    #[inline(always)]
-    pub fn fast_entry(&self, at: usize) -> &Entry {
-        &self.entries[(at / core::mem::size_of::<Entry>()) & (CACHED_SLOTS - 1)]
+    /// Points at `slot`'s entry; masked to a cached slot (callers pass one).
+    pub fn set(&self, slot: usize) {
+        let slot = slot & (CACHED_SLOTS - 1);
+        self.0.store(slot * core::mem::size_of::<Entry>(), Relaxed);
     }
 }
 
