@@ -9,8 +9,8 @@
 //! [ENTERED][PARKED][ instance id (38 b) ][ epoch (14) ][ slot (10) ]
 //! ```
 //!
-//! The allocator's fast path loads the instance's token once, indexes this thread's entry by
-//! the slot bits and compares tokens: equal means "this credit is this instance's and still
+//! The allocator's fast path loads the instance's token and its entry's offset ([`EntryAt`]),
+//! finds this thread's entry at that offset and compares tokens: equal means "this credit is this instance's and still
 //! current". Everything else (another instance in a reused slot, an epoch bumped to recall
 //! credit, an entered reservation, a thread still starting or already exiting) fails the
 //! comparison and takes the slow path in `accounting`.
