@@ -25,7 +25,7 @@
 
 use crate::registry::{self, Post, CACHED_SLOTS, SLOTS};
 use crate::reservation::ReservationState;
-use crate::thread_cache::{self, token, Entry, Op, Spent, ThreadCache};
+use crate::thread_cache::{self, token, Entry, EntryAt, Op, Spent, ThreadCache};
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering::*};
 use crossbeam_utils::CachePadded;
 
@@ -42,12 +42,11 @@ pub(crate) const HOLD_SHARE: usize = 8;
 /// Read on every call: written only by `set_limit`, threshold changes, and epoch bumps.
 struct Hot {
     token: AtomicU64,
-    /// Where this instance's entry sits in every thread's cache, in bytes (its slot times
-    /// the entry size; 0 until registered and for an instance without a cached slot). Read
-    /// next to `token` by the fast path, which then needs no arithmetic on the token. A
+    /// Where this instance's entry sits in every thread's cache (0 until registered and
+    /// for an instance without a cached slot). Read next to `token` by the fast path. A
     /// stale 0 is harmless: entry 0 only ever holds tokens of slot 0, so it matches this
     /// instance's token only if 0 is in fact its slot.
-    entry_offset: AtomicUsize,
+    entry_at: EntryAt,
     limit: AtomicUsize,
     thresholds: AtomicU64,
     report_refusals: AtomicBool,
@@ -102,7 +101,7 @@ impl Core {
         Self {
             hot: CachePadded::new(Hot {
                 token: AtomicU64::new(token::UNREGISTERED),
-                entry_offset: AtomicUsize::new(0),
+                entry_at: EntryAt::new(),
                 limit: AtomicUsize::new(limit),
                 thresholds: AtomicU64::new(crate::PressureThresholds::DEFAULT_BITS),
                 report_refusals: AtomicBool::new(true),
@@ -211,7 +210,7 @@ impl Core {
     #[inline(always)]
     pub(crate) fn charge_fast(&self, size: usize, op: Op) -> Spent {
         let token = self.hot.token.load(Relaxed);
-        let at = self.hot.entry_offset.load(Relaxed);
+        let at = &self.hot.entry_at;
         thread_cache::with_cache(|c| c.fast_entry(at).try_spend(token, size, op))
     }
 
@@ -250,7 +249,7 @@ impl Core {
     #[inline(always)]
     pub(crate) fn release_fast(&self, size: usize, op: Op) -> Spent {
         let token = self.hot.token.load(Relaxed);
-        let at = self.hot.entry_offset.load(Relaxed);
+        let at = &self.hot.entry_at;
         thread_cache::with_cache(|c| c.fast_entry(at).try_refund(token, size, op))
     }
 
@@ -293,7 +292,7 @@ impl Core {
     #[inline]
     fn in_sync<R>(&self, f: impl FnOnce(&Entry) -> R) -> Option<R> {
         let token = self.hot.token.load(Relaxed);
-        let at = self.hot.entry_offset.load(Relaxed);
+        let at = &self.hot.entry_at;
         thread_cache::with_cache(|c| {
             let e = c.fast_entry(at);
             (e.token.get() == token).then(|| f(e))
@@ -316,11 +315,11 @@ impl Core {
     /// Spends `size` of the entry's credit, refilling it first if short. The entry is in
     /// sync (not parked, not entering).
     fn spend_cached(&self, e: &Entry, size: usize, op: Op) -> bool {
-        let credit = e.credit.get();
+        let credit = e.credit();
         if credit < size {
             match self.carve(size - credit) {
                 Ok((taken, after)) => {
-                    e.credit.set(credit + taken);
+                    e.set_credit(credit + taken);
                     self.rebase(e, after);
                 }
                 Err(()) => {
@@ -329,9 +328,8 @@ impl Core {
                 }
             }
         }
-        let left = e.credit.get() - size;
-        e.credit.set(left);
-        e.low.set(e.low.get().min(left));
+        // A new low, if it is one (`set_credit` lowers the low-water mark).
+        e.set_credit(e.credit() - size);
         if e.count(op) {
             self.publish(e);
         }
@@ -362,9 +360,9 @@ impl Core {
     /// Takes `size` freed bytes back as credit, handing back what passes the entry's hold.
     /// The entry is in sync (not parked, not entering).
     fn refund_cached(&self, e: &Entry, size: usize, op: Op) {
-        let credit = e.credit.get().saturating_add(size);
-        e.credit.set(credit);
-        let hold = e.hold.get();
+        let credit = e.credit().saturating_add(size);
+        e.set_credit(credit);
+        let hold = e.hold();
         if credit > hold {
             // Keep half the allowance so the next few frees stay on the fast path.
             self.give_back(e, credit - hold / 2);
@@ -478,7 +476,7 @@ impl Core {
     fn note_own_change(&self, after: usize) {
         let own = self.own_entry(|e| {
             self.rebase(e, after);
-            e.credit.get()
+            e.credit()
         });
         self.cold
             .peak
@@ -533,9 +531,7 @@ impl Core {
         {
             Ok(_) => {
                 if let Some(slot) = slot.filter(|&s| s < CACHED_SLOTS) {
-                    self.hot
-                        .entry_offset
-                        .store(ThreadCache::entry_offset(slot), Relaxed);
+                    self.hot.entry_at.set(slot);
                 }
                 fresh
             }
@@ -578,7 +574,7 @@ impl Core {
         if held & !token::FLAGS != current {
             if held != 0 && token::id(held) == token::id(current) {
                 // Our own credit from an earlier epoch: hand it back, keep counts and entering.
-                self.give_back(e, e.credit.get());
+                self.give_back(e, e.credit());
             } else {
                 // Empty, or left over from a dropped instance that used this slot.
                 e.clear(current);
@@ -588,7 +584,7 @@ impl Core {
         let flags = e.token.get() & token::ENTERED; // cleared entries carry none
         let over = self.charged.load(Relaxed) > self.limit();
         if over {
-            self.give_back(e, e.credit.get());
+            self.give_back(e, e.credit());
         }
         e.token
             .set(current | flags | if over { token::PARKED } else { 0 });
@@ -602,7 +598,7 @@ impl Core {
     /// call (also when a parked thread resumes).
     fn set_hold(&self, e: &Entry, charged: usize) {
         let headroom = self.limit().saturating_sub(charged);
-        e.hold.set((headroom / HOLD_SHARE).min(HOLD_MAX));
+        e.set_hold((headroom / HOLD_SHARE).min(HOLD_MAX));
     }
 
     /// Returns `bytes` of the entry's credit to the budget.
@@ -610,7 +606,7 @@ impl Core {
         if bytes == 0 {
             return;
         }
-        e.credit.set(e.credit.get() - bytes);
+        e.hand_back(bytes);
         let after = self.charged.fetch_sub(bytes, Relaxed) - bytes;
         self.rebase(e, after);
     }
@@ -623,7 +619,7 @@ impl Core {
         // this thread directly), so the slow path costs no counter writes.
         self.publish_peak(e);
         e.base.set(after);
-        e.low.set(e.credit.get());
+        e.reset_low();
         e.peak_gen.set(self.cold.peak_gen.load(Relaxed));
         self.set_hold(e, after);
     }
@@ -679,12 +675,12 @@ impl Core {
 
     #[inline]
     fn own_credit(&self) -> usize {
-        self.own_entry(|e| e.credit.get()).unwrap_or(0)
+        self.own_entry(|e| e.credit()).unwrap_or(0)
     }
 
     /// Hands this thread's credit back to the budget now.
     pub(crate) fn return_own_credit(&self) {
-        let _ = self.own_entry(|e| self.give_back(e, e.credit.get()));
+        let _ = self.own_entry(|e| self.give_back(e, e.credit()));
     }
 
     /// Takes what exiting threads and dropped claims posted for this instance.
@@ -766,10 +762,10 @@ impl Core {
         if self.reserve(size).is_ok() {
             return true;
         }
-        if e.credit.get() == 0 {
+        if e.credit() == 0 {
             return false;
         }
-        self.give_back(e, e.credit.get());
+        self.give_back(e, e.credit());
         self.reserve(size).is_ok()
     }
 
@@ -886,7 +882,7 @@ impl Core {
         self.cold.peak.store(current, Relaxed);
         let _ = self.own_entry(|e| {
             e.base.set(self.charged.load(Relaxed));
-            e.low.set(e.credit.get());
+            e.reset_low();
             e.peak_gen.set(gen);
         });
     }

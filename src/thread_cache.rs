@@ -9,8 +9,8 @@
 //! [ENTERED][PARKED][ instance id (38 b) ][ epoch (14) ][ slot (10) ]
 //! ```
 //!
-//! The allocator's fast path loads the instance's token once, indexes this thread's entry by
-//! the slot bits and compares tokens: equal means "this credit is this instance's and still
+//! The allocator's fast path loads the instance's token and its entry's offset ([`EntryAt`]),
+//! finds this thread's entry at that offset and compares tokens: equal means "this credit is this instance's and still
 //! current". Everything else (another instance in a reused slot, an epoch bumped to recall
 //! credit, an entered reservation, a thread still starting or already exiting) fails the
 //! comparison and takes the slow path in `accounting`.
@@ -24,6 +24,7 @@
 use crate::registry::{self, Post, CACHED_SLOTS};
 use crate::reservation::ReservationState;
 use core::cell::Cell;
+use core::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 /// Token bit layout; see the module docs.
 pub(crate) mod token {
@@ -84,16 +85,26 @@ pub(crate) const PUBLISH_EVERY: u16 = 4096;
 #[repr(C, align(64))]
 pub(crate) struct Entry {
     pub token: Cell<u64>,
-    /// Bytes charged to the instance's budget and not yet spent by this thread. At most
-    /// `hold <= HOLD_MAX` between calls (refills leave at most one batch, refunds stop at
-    /// `HOLD_MAX`), which the fast paths rely on for overflow-free sums.
-    pub credit: Cell<usize>,
-    /// The lowest `credit` since the window opened (for the peak).
-    pub low: Cell<usize>,
-    /// The most credit this thread may keep from frees: `HOLD_MAX` far from the limit,
-    /// shrinking with the headroom (set on each slow path, see `Core::set_hold`), so near
-    /// the limit freed bytes go straight back to the shared budget.
-    pub hold: Cell<usize>,
+    /// The credit above the window's low-water mark: `credit - low`. Together with `low`
+    /// and `room` it holds the credit, its low-water mark and the hold allowance in a form
+    /// where each fast path is one subtraction and one addition (see [`try_spend`] and
+    /// [`try_refund`]): an allocation that does not make a new low leaves `low` alone, so
+    /// the peak costs nothing per call.
+    ///
+    /// Credit: bytes charged to the instance's budget and not yet spent by this thread. At
+    /// most `hold <= HOLD_MAX` between calls (refills leave at most one batch, refunds stop
+    /// at the hold), which the fast paths rely on for overflow-free sums.
+    ///
+    /// [`try_spend`]: Self::try_spend
+    /// [`try_refund`]: Self::try_refund
+    above: Cell<usize>,
+    /// The lowest credit since the window opened (for the peak).
+    low: Cell<usize>,
+    /// `hold - credit`, where `hold` is the most credit this thread may keep from frees:
+    /// `HOLD_MAX` far from the limit, shrinking with the headroom (set on each slow path,
+    /// see `Core::set_hold`), so near the limit freed bytes go straight back to the shared
+    /// budget. Negative when the hold shrank below the credit held.
+    room: Cell<isize>,
     /// Count-downs to the next publication: `PUBLISH_EVERY` minus the pending operations of
     /// each kind. A count-down lets the fast path count and test in one instruction.
     allocs_left: Cell<u16>,
@@ -112,9 +123,9 @@ impl Entry {
     const fn new() -> Self {
         Self {
             token: Cell::new(0),
-            credit: Cell::new(0),
+            above: Cell::new(0),
             low: Cell::new(0),
-            hold: Cell::new(0),
+            room: Cell::new(0),
             allocs_left: Cell::new(PUBLISH_EVERY),
             deallocs_left: Cell::new(PUBLISH_EVERY),
             reallocs_left: Cell::new(PUBLISH_EVERY),
@@ -122,6 +133,62 @@ impl Entry {
             peak_gen: Cell::new(0),
             entered: Cell::new(core::ptr::null()),
         }
+    }
+
+    /// Bytes charged to the budget and not yet spent by this thread.
+    #[inline]
+    pub fn credit(&self) -> usize {
+        self.low.get() + self.above.get()
+    }
+
+    /// The most credit frees may leave this thread holding.
+    #[inline]
+    pub fn hold(&self) -> usize {
+        // Modulo 2^64: exact, as the hold is at most `HOLD_MAX` (a refund of an absurdly
+        // large block on the slow path may briefly hold more credit than fits an isize).
+        (self.credit() as isize).wrapping_add(self.room.get()) as usize
+    }
+
+    /// The lowest credit since the window opened.
+    #[cfg(test)]
+    pub fn low(&self) -> usize {
+        self.low.get()
+    }
+
+    /// Sets the credit, keeping the hold; a credit below the low-water mark is the new low.
+    pub fn set_credit(&self, credit: usize) {
+        let hold = self.hold();
+        let low = self.low.get().min(credit);
+        self.low.set(low);
+        self.above.set(credit - low);
+        self.room.set((hold as isize).wrapping_sub(credit as isize));
+    }
+
+    /// Takes `bytes` out of the credit to hand them back to the budget. Not usage: if the
+    /// credit falls below the low-water mark, the window's base charge falls with it, so
+    /// that the window's peak candidate (base minus low) stays what it was.
+    pub fn hand_back(&self, bytes: usize) {
+        let hold = self.hold();
+        let credit = self.credit() - bytes;
+        let low = self.low.get();
+        if credit < low {
+            self.base.set(self.base.get().saturating_sub(low - credit));
+            self.low.set(credit);
+        }
+        self.above.set(credit - self.low.get());
+        self.room.set((hold as isize).wrapping_sub(credit as isize));
+    }
+
+    /// Sets the hold allowance (at most `HOLD_MAX`, so it fits an `isize`).
+    pub fn set_hold(&self, hold: usize) {
+        self.room
+            .set((hold as isize).wrapping_sub(self.credit() as isize));
+    }
+
+    /// Opens a new low-water window at the current credit.
+    pub fn reset_low(&self) {
+        self.low.set(self.credit());
+        self.above.set(0);
     }
 
     /// Counts one operation; true when the counts should be published now.
@@ -173,32 +240,59 @@ impl Entry {
     /// Forgets everything (the instance it served is gone).
     pub fn clear(&self, token: u64) {
         self.token.set(token);
-        self.credit.set(0);
+        self.above.set(0);
         self.low.set(0);
-        self.hold.set(0);
+        self.room.set(0);
         self.base.set(0);
         self.reset_counts();
         self.entered.set(core::ptr::null());
     }
 
     /// Tries to spend `size` bytes of credit for `token`: the fast path of `alloc`.
+    ///
+    /// Spending within the credit above the low-water mark takes `size` from `above` and
+    /// adds it to `room`; only an allocation that makes a new low (credit falling below
+    /// every earlier point of the window) touches `low`, on a branch of its own.
     #[inline(always)]
     pub fn try_spend(&self, token: u64, size: usize, op: Op) -> Spent {
         if self.token.get() != token {
             return Spent::No;
         }
-        let Some(left) = self.credit.get().checked_sub(size) else {
-            return Spent::No;
-        };
-        self.credit.set(left);
-        if left < self.low.get() {
-            self.low.set(left);
+        let (above, short) = self.above.get().overflowing_sub(size);
+        self.above.set(above);
+        if short {
+            // A new low, or not enough credit: undo, then see which.
+            if !self.new_low(size) {
+                return Spent::No;
+            }
         }
+        // No overflow: room = hold - credit <= HOLD_MAX and size <= credit here.
+        self.room.set(self.room.get().wrapping_add(size as isize));
         if self.count(op) {
             Spent::YesPublish
         } else {
             Spent::Yes
         }
+    }
+
+    /// `try_spend` once `above` came up short (and was left `size` less, wrapping): spends
+    /// from below the low-water mark if the credit suffices, making a new low; otherwise
+    /// restores `above` and answers false.
+    #[inline(always)]
+    fn new_low(&self, size: usize) -> bool {
+        // Reloaded rather than reused, so the fast path can subtract in memory.
+        // SAFETY: a plain read of this thread's own cell.
+        let above = unsafe { self.above.as_ptr().read_volatile() };
+        // `low + above` is now `credit - size` modulo 2^64: it carries exactly when
+        // `credit >= size` (then it is the new low).
+        let (left, fits) = self.low.get().overflowing_add(above);
+        if fits {
+            self.low.set(left);
+            self.above.set(0);
+        } else {
+            self.above.set(above.wrapping_add(size));
+        }
+        fits
     }
 
     /// Tries to take `size` freed bytes back as credit for `token`: the fast path of
@@ -208,13 +302,14 @@ impl Entry {
         if self.token.get() != token {
             return Spent::No;
         }
-        // No overflow: credit <= HOLD_MAX between calls and size <= isize::MAX (a Layout's
-        // bound), so the sum fits; wrapping only keeps the path free of overflow checks.
-        let credit = self.credit.get().wrapping_add(size);
-        if credit > self.hold.get() {
+        // `room < size` as signed integers (exact: size <= isize::MAX, a Layout's bound).
+        let room = self.room.get();
+        if room < size as isize {
             return Spent::No;
         }
-        self.credit.set(credit);
+        self.room.set(room - size as isize);
+        // No overflow: above <= credit <= HOLD_MAX and the sum stays within the hold.
+        self.above.set(self.above.get() + size);
         if self.count(op) {
             Spent::YesPublish
         } else {
@@ -345,20 +440,43 @@ impl ThreadCache {
         self.entries.get(token::slot(token))
     }
 
-    /// The byte offset of a cached slot's entry, as [`fast_entry`](Self::fast_entry) takes it.
-    pub const fn entry_offset(slot: usize) -> usize {
-        slot * core::mem::size_of::<Entry>()
+    /// The entry at `at`, for the fast path to compare its instance's token against.
+    /// Neither masked nor bounds-checked: an [`EntryAt`] only ever holds the byte offset of
+    /// a cached slot's entry, so any value loaded from it is in bounds. The fast path only
+    /// acts when that entry holds exactly its token. An entry only ever holds 0 or tokens
+    /// of its own slot (see `Core::sync_entry`), and no token is 0, so a stale offset (0
+    /// before registration), an uncached slot or `UNREGISTERED` never matches.
+    #[inline(always)]
+    pub fn fast_entry(&self, at: &EntryAt) -> &Entry {
+        let offset = at.0.load(Relaxed);
+        // SAFETY: `offset` is `slot * size_of::<Entry>()` for some `slot < CACHED_SLOTS`
+        // (the only values an `EntryAt` holds), so it points at an element of `entries`,
+        // which is aligned and initialised.
+        unsafe {
+            &*self
+                .entries
+                .as_ptr()
+                .cast::<u8>()
+                .add(offset)
+                .cast::<Entry>()
+        }
+    }
+}
+
+/// Where an instance's entry sits in every thread's cache: the byte offset of a cached
+/// slot's entry, 0 until set. Read next to the token by the fast path, which then needs no
+/// arithmetic on the token and no bounds check (see [`ThreadCache::fast_entry`]).
+pub(crate) struct EntryAt(AtomicUsize);
+
+impl EntryAt {
+    pub const fn new() -> Self {
+        Self(AtomicUsize::new(0))
     }
 
-    /// The entry at byte offset `at` (from [`entry_offset`](Self::entry_offset)), for the
-    /// fast path to compare its instance's token against. Masked rather than bounds-checked
-    /// (one `and`, no branch): any `at` gives some entry, and the fast path only acts when
-    /// that entry holds exactly its token. An entry only ever holds 0 or tokens of its own
-    /// slot (see `Core::sync_entry`), and no token is 0, so a wrong or stale offset, an
-    /// uncached slot or `UNREGISTERED` never matches.
-    #[inline(always)]
-    pub fn fast_entry(&self, at: usize) -> &Entry {
-        &self.entries[(at / core::mem::size_of::<Entry>()) & (CACHED_SLOTS - 1)]
+    /// Points at `slot`'s entry; masked to a cached slot (callers pass one).
+    pub fn set(&self, slot: usize) {
+        let slot = slot & (CACHED_SLOTS - 1);
+        self.0.store(slot * core::mem::size_of::<Entry>(), Relaxed);
     }
 }
 
@@ -421,7 +539,7 @@ impl Drop for ExitGuard {
                 }
                 let (allocs, deallocs, reallocs) = entry.take_counts();
                 let post = Post {
-                    returned: entry.credit.get(),
+                    returned: entry.credit(),
                     added: 0,
                     allocs,
                     deallocs,
@@ -461,15 +579,26 @@ mod tests {
         let t = token::make(1, 0);
         assert_eq!(e.try_spend(t, 1, Op::Alloc), Spent::No);
         e.token.set(t);
-        e.credit.set(100);
-        e.low.set(100);
+        e.set_credit(100);
+        e.reset_low();
         assert_eq!(e.try_spend(t, 101, Op::Alloc), Spent::No);
         assert_eq!(e.try_spend(t, 60, Op::Alloc), Spent::Yes);
-        assert_eq!((e.credit.get(), e.low.get(), e.pending().0), (40, 40, 1));
-        e.hold.set(50);
+        assert_eq!((e.credit(), e.low(), e.pending().0), (40, 40, 1));
+        e.set_hold(50);
         assert_eq!(e.try_refund(t, 30, Op::Dealloc), Spent::No);
         assert_eq!(e.try_refund(t, 10, Op::Dealloc), Spent::Yes);
-        assert_eq!((e.credit.get(), e.low.get()), (50, 40));
+        assert_eq!((e.credit(), e.low(), e.hold()), (50, 40, 50));
+        // Within the credit above the low: the low stays; below it: a new low.
+        assert_eq!(e.try_spend(t, 5, Op::Alloc), Spent::Yes);
+        assert_eq!((e.credit(), e.low(), e.hold()), (45, 40, 50));
+        assert_eq!(e.try_spend(t, 20, Op::Alloc), Spent::Yes);
+        assert_eq!((e.credit(), e.low(), e.hold()), (25, 25, 50));
+        assert_eq!(e.try_spend(t, 26, Op::Alloc), Spent::No);
+        assert_eq!((e.credit(), e.low(), e.hold()), (25, 25, 50));
+        assert_eq!(e.try_refund(t, 26, Op::Dealloc), Spent::No);
+        assert_eq!((e.credit(), e.low(), e.hold()), (25, 25, 50));
+        e.hand_back(10);
+        assert_eq!((e.credit(), e.low(), e.hold()), (15, 15, 50));
         assert_eq!(e.try_spend(token::next_epoch(t), 1, Op::Alloc), Spent::No);
     }
 }
