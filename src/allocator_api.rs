@@ -64,6 +64,25 @@ impl<A: GlobalAlloc> LimitedAllocator<A> {
         Ok(fresh)
     }
 
+    /// `grow` and `grow_zeroed`: a zero-sized old block is a fresh allocation.
+    ///
+    /// # Safety
+    /// `Allocator::grow`'s contract: `ptr` is a block of this allocator with layout `old`,
+    /// and `new.size() >= old.size()`.
+    unsafe fn api_grow(
+        &self,
+        ptr: NonNull<u8>,
+        old: Layout,
+        new: Layout,
+        zeroed: bool,
+    ) -> Result<NonNull<[u8]>, AllocError> {
+        if old.size() == 0 {
+            return self.api_fresh(new, zeroed);
+        }
+        // SAFETY: the caller's contract; both sizes are non-zero here.
+        unsafe { self.api_resize(ptr, old, new, zeroed) }
+    }
+
     /// Resizes a non-empty block in place or by `realloc` when the alignment is unchanged,
     /// else by relocating. Zero-sized results are handled by the callers.
     ///
@@ -146,11 +165,8 @@ unsafe impl<A: GlobalAlloc> Allocator for LimitedAllocator<A> {
         old: Layout,
         new: Layout,
     ) -> Result<NonNull<[u8]>, AllocError> {
-        if old.size() == 0 {
-            return self.api_fresh(new, false);
-        }
-        // SAFETY: the caller's contract; both sizes are non-zero here.
-        unsafe { self.api_resize(ptr, old, new, false) }
+        // SAFETY: the caller's contract for `grow`, which `api_grow` shares.
+        unsafe { self.api_grow(ptr, old, new, false) }
     }
 
     unsafe fn grow_zeroed(
@@ -159,11 +175,8 @@ unsafe impl<A: GlobalAlloc> Allocator for LimitedAllocator<A> {
         old: Layout,
         new: Layout,
     ) -> Result<NonNull<[u8]>, AllocError> {
-        if old.size() == 0 {
-            return self.api_fresh(new, true);
-        }
-        // SAFETY: the caller's contract; both sizes are non-zero here.
-        unsafe { self.api_resize(ptr, old, new, true) }
+        // SAFETY: the caller's contract for `grow_zeroed`, which `api_grow` shares.
+        unsafe { self.api_grow(ptr, old, new, true) }
     }
 
     unsafe fn shrink(

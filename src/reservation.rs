@@ -329,12 +329,7 @@ impl<'a, A> Reservation<'a, A> {
                 core.allocated_bytes(),
             ));
         }
-        let added = self
-            .state()
-            .held
-            .fetch_update(AcqRel, Acquire, |h| (h != CLOSED).then(|| h + additional));
-        debug_assert!(added.is_ok(), "a live reservation is never closed");
-        core.add_reserved(additional);
+        self.add_headroom(additional);
         Ok(())
     }
 
@@ -347,12 +342,17 @@ impl<'a, A> Reservation<'a, A> {
         if core.reserve(additional).is_err() {
             core.charge_unchecked(additional);
         }
+        self.add_headroom(additional);
+    }
+
+    /// Adds bytes already charged to the budget to this reservation's headroom.
+    fn add_headroom(&self, bytes: usize) {
         let added = self
             .state()
             .held
-            .fetch_update(AcqRel, Acquire, |h| (h != CLOSED).then(|| h + additional));
+            .fetch_update(AcqRel, Acquire, |h| (h != CLOSED).then(|| h + bytes));
         debug_assert!(added.is_ok(), "a live reservation is never closed");
-        core.add_reserved(additional);
+        self.owner.core().add_reserved(bytes);
     }
 
     /// Gives up to `bytes` of unspent headroom back to the shared budget; returns how many
