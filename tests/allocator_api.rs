@@ -5,15 +5,11 @@
 use allocator_api2::alloc::{AllocError, Allocator};
 use allocator_api2::vec::Vec as BVec;
 use hashbrown::HashMap;
-use limited_allocator::LimitedAllocator;
-use std::alloc::{Layout, System};
+use std::alloc::Layout;
 use std::ptr::NonNull;
 
-fn quiet(limit: usize) -> LimitedAllocator {
-    let a = LimitedAllocator::new(System, limit);
-    a.set_refusal_reporting(false);
-    a
-}
+mod common;
+use common::*;
 
 #[test]
 fn a_hashbrown_map_draws_from_its_budget_and_gets_errors_past_it() {

@@ -6,11 +6,8 @@ use arrow_buffer::{Buffer, MemoryPool, MemoryReservation, MutableBuffer};
 use limited_allocator::{LimitedAllocator, PoolRole};
 use std::alloc::System;
 
-fn quiet(limit: usize) -> LimitedAllocator {
-    let a = LimitedAllocator::new(System, limit);
-    a.set_refusal_reporting(false);
-    a
-}
+mod common;
+use common::*;
 
 fn buffer(bytes: usize) -> Buffer {
     Buffer::from_vec(vec![7u8; bytes])

@@ -1,16 +1,12 @@
 //! Adaptive chunked processing: chunk sizes follow the pressure of a standalone budget.
 
 use limited_allocator::{
-    process_in_chunks, AdaptiveChunker, ChunkConfig, ChunkError, LimitedAllocator, PressureLevel,
+    process_in_chunks, AdaptiveChunker, ChunkConfig, ChunkError, PressureLevel,
 };
-use std::alloc::System;
 use std::cell::{Cell, RefCell};
 
-fn quiet(limit: usize) -> LimitedAllocator {
-    let a = LimitedAllocator::new(System, limit);
-    a.set_refusal_reporting(false);
-    a
-}
+mod common;
+use common::*;
 
 #[test]
 fn a_tight_budget_shrinks_the_chunks_and_room_grows_them_back() {

@@ -1,11 +1,10 @@
 //! Entered reservations on standalone instances: per-operation budgets.
 
 use limited_allocator::{LimitedAllocator, Overflow};
-use std::alloc::{GlobalAlloc, Layout, System};
+use std::alloc::GlobalAlloc;
 
-fn layout(size: usize) -> Layout {
-    Layout::from_size_align(size, 8).unwrap()
-}
+mod common;
+use common::*;
 
 fn alloc(a: &LimitedAllocator, size: usize) -> Option<usize> {
     let p = unsafe { a.alloc(layout(size)) };
@@ -14,12 +13,6 @@ fn alloc(a: &LimitedAllocator, size: usize) -> Option<usize> {
 
 fn free(a: &LimitedAllocator, p: usize, size: usize) {
     unsafe { a.dealloc(p as *mut u8, layout(size)) }
-}
-
-fn quiet(limit: usize) -> LimitedAllocator {
-    let a = LimitedAllocator::new(System, limit);
-    a.set_refusal_reporting(false);
-    a
 }
 
 #[test]

@@ -4,47 +4,17 @@
 //!
 //! These tests assert behaviour only, never timings.
 
-use limited_allocator::LimitedAllocator;
-use std::alloc::{GlobalAlloc, Layout, System};
+use std::alloc::GlobalAlloc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::{mpsc, Arc, Barrier};
 
-fn layout(size: usize) -> Layout {
-    Layout::from_size_align(size, 8).unwrap()
-}
-
-/// Allocates through the instance; None when refused.
-fn alloc(a: &LimitedAllocator, size: usize) -> Option<*mut u8> {
-    // SAFETY: sizes used here are non-zero.
-    let p = unsafe { a.alloc(layout(size)) };
-    (!p.is_null()).then_some(p)
-}
-
-fn free(a: &LimitedAllocator, p: *mut u8, size: usize) {
-    // SAFETY: every caller passes a block it got from `alloc(a, size)`, once.
-    unsafe { a.dealloc(p, layout(size)) }
-}
-
-fn quiet(limit: usize) -> LimitedAllocator {
-    let a = LimitedAllocator::new(System, limit);
-    a.set_refusal_reporting(false);
-    a
-}
+mod common;
+use common::*;
 
 /// A raw pointer that may cross threads (the blocks are plain bytes).
 struct Block(*mut u8, usize);
 // SAFETY: a block is owned by whichever thread holds the `Block`; nothing aliases it.
 unsafe impl Send for Block {}
-
-fn xorshift(seed: u64) -> impl FnMut() -> u64 {
-    let mut s = seed | 1;
-    move || {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        s
-    }
-}
 
 /// Many threads churn blocks against budgets from tiny to roomy. Each thread adds a block's
 /// size to `live` after `alloc` returned it and subtracts it before `dealloc`, so `live`

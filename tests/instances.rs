@@ -3,19 +3,12 @@
 //! still account exactly.
 
 use limited_allocator::LimitedAllocator;
-use std::alloc::{GlobalAlloc, Layout, System};
+use std::alloc::GlobalAlloc;
 use std::sync::{Arc, Barrier};
 use std::thread;
 
-fn quiet(limit: usize) -> LimitedAllocator {
-    let a = LimitedAllocator::new(System, limit);
-    a.set_refusal_reporting(false);
-    a
-}
-
-fn layout(size: usize) -> Layout {
-    Layout::from_size_align(size, 8).unwrap()
-}
+mod common;
+use common::*;
 
 /// Allocates and frees a spread of sizes so that the calling thread holds credit.
 fn take_credit(a: &LimitedAllocator) {

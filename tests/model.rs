@@ -13,7 +13,10 @@
 use limited_allocator::{LimitedAllocator, Overflow, Reservation};
 use proptest::prelude::*;
 use proptest::sample::Index;
-use std::alloc::{GlobalAlloc, Layout, System};
+use std::alloc::{GlobalAlloc, System};
+
+mod common;
+use common::*;
 
 /// An operation on heap blocks, at top level or inside an entered reservation.
 #[derive(Debug, Clone)]
@@ -172,10 +175,6 @@ impl Model {
             r.held += back;
         }
     }
-}
-
-fn layout(size: usize) -> Layout {
-    Layout::from_size_align(size, 8).unwrap()
 }
 
 /// Runs one block operation on the allocator and the model, `entered` naming the
@@ -472,22 +471,11 @@ proptest! {
 
 // ---- regressions the model found, as plain tests ---------------------------------------
 
-fn quiet(limit: usize) -> LimitedAllocator {
-    let a = LimitedAllocator::new(System, limit);
-    a.set_refusal_reporting(false);
-    a
-}
-
 fn alloc(a: &LimitedAllocator, size: usize) -> *mut u8 {
     // SAFETY: every size used here is non-zero.
     let p = unsafe { a.alloc(layout(size)) };
     assert!(!p.is_null());
     p
-}
-
-fn free(a: &LimitedAllocator, p: *mut u8, size: usize) {
-    // SAFETY: `p` was allocated by `a` with `layout(size)` and is freed once.
-    unsafe { a.dealloc(p, layout(size)) }
 }
 
 /// Headroom given back by a reservation (shrink, drop) lowers usage; allocations made from

@@ -4,25 +4,8 @@
 use limited_allocator::{LimitedAllocator, PressureLevel, PressureThresholds};
 use std::alloc::{GlobalAlloc, Layout, System};
 
-fn layout(size: usize) -> Layout {
-    Layout::from_size_align(size, 8).unwrap()
-}
-
-/// Allocates through the instance; None when refused.
-fn alloc(a: &LimitedAllocator, size: usize) -> Option<*mut u8> {
-    let p = unsafe { a.alloc(layout(size)) };
-    (!p.is_null()).then_some(p)
-}
-
-fn free(a: &LimitedAllocator, p: *mut u8, size: usize) {
-    unsafe { a.dealloc(p, layout(size)) }
-}
-
-fn quiet(limit: usize) -> LimitedAllocator {
-    let a = LimitedAllocator::new(System, limit);
-    a.set_refusal_reporting(false);
-    a
-}
+mod common;
+use common::*;
 
 #[test]
 fn half_used_is_fifty_percent() {
