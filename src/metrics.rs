@@ -224,7 +224,7 @@ pub use prom::PrometheusCollector;
 mod prom {
     use super::*;
     use prometheus_client::collector::Collector;
-    use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+    use prometheus_client::encoding::{DescriptorEncoder, EncodeCounterValue, NoLabelSet};
     use prometheus_client::metrics::MetricType;
     use prometheus_client::registry::Unit;
     use std::fmt::Error;
@@ -311,6 +311,25 @@ mod prom {
                 .enc
                 .encode_descriptor(&name, help, unit, MetricType::Counter)?;
             m.encode_counter::<NoLabelSet, _, u64>(&v, None)
+        }
+
+        /// A counter family with one `level` label per pressure level.
+        fn per_level<V: EncodeCounterValue>(
+            &mut self,
+            base: &str,
+            help: &str,
+            values: impl Iterator<Item = (PressureLevel, V)>,
+        ) -> Result<(), Error> {
+            let name = self.name(base).to_string();
+            let mut family = self
+                .enc
+                .encode_descriptor(&name, help, None, MetricType::Counter)?;
+            for (level, v) in values {
+                family
+                    .encode_family(&[("level", level.as_str())])?
+                    .encode_counter::<NoLabelSet, _, u64>(&v, None)?;
+            }
+            Ok(())
         }
     }
 
@@ -461,34 +480,16 @@ mod prom {
                         .encode_gauge(&(r.level().index() as i64))?;
                 }
             }
-            {
-                let name = out.name("level_samples").to_string();
-                let mut family = out.enc.encode_descriptor(
-                    &name,
-                    "Monitor samples per pressure level.",
-                    None,
-                    MetricType::Counter,
-                )?;
-                for l in &s.levels {
-                    family
-                        .encode_family(&[("level", l.level.as_str())])?
-                        .encode_counter::<NoLabelSet, _, u64>(&l.samples, None)?;
-                }
-            }
-            {
-                let name = out.name("level_seconds").to_string();
-                let mut family = out.enc.encode_descriptor(
-                    &name,
-                    "Seconds spent per pressure level.",
-                    None,
-                    MetricType::Counter,
-                )?;
-                for l in &s.levels {
-                    family
-                        .encode_family(&[("level", l.level.as_str())])?
-                        .encode_counter::<NoLabelSet, _, f64>(&l.seconds, None)?;
-                }
-            }
+            out.per_level(
+                "level_samples",
+                "Monitor samples per pressure level.",
+                s.levels.iter().map(|l| (l.level, l.samples)),
+            )?;
+            out.per_level(
+                "level_seconds",
+                "Seconds spent per pressure level.",
+                s.levels.iter().map(|l| (l.level, l.seconds)),
+            )?;
             out.counter(
                 "level_transitions",
                 "Changes of the combined pressure level.",
