@@ -408,6 +408,18 @@ impl Core {
     /// Takes `need` bytes plus a refill batch from the budget. Returns (bytes taken, the
     /// charge after taking them).
     fn carve(&self, need: usize) -> Result<(usize, usize), ()> {
+        self.take_from_budget(need, true)
+    }
+
+    /// Takes exactly `bytes` from the budget. Returns the charge after taking them.
+    pub(crate) fn carve_exact(&self, bytes: usize) -> Result<usize, ()> {
+        self.take_from_budget(bytes, false).map(|(_, after)| after)
+    }
+
+    /// The one compare-and-swap loop that raises `charged`: takes `need` bytes (plus, with
+    /// `batch`, up to 1/[`HEADROOM_SHARE`] of the spare headroom, at most [`MAX_BATCH`]) if
+    /// they fit under the limit, after absorbing the mailbox once if they do not.
+    fn take_from_budget(&self, need: usize, batch: bool) -> Result<(usize, usize), ()> {
         let mut retried = false;
         let mut current = self.charged.load(Relaxed);
         loop {
@@ -420,36 +432,17 @@ impl Core {
                 }
                 return Err(());
             }
-            let spare = headroom - need;
-            let take = need + (spare / HEADROOM_SHARE).min(MAX_BATCH);
+            let extra = if batch {
+                ((headroom - need) / HEADROOM_SHARE).min(MAX_BATCH)
+            } else {
+                0
+            };
+            let take = need + extra;
             match self
                 .charged
                 .compare_exchange_weak(current, current + take, Relaxed, Relaxed)
             {
                 Ok(_) => return Ok((take, current + take)),
-                Err(now) => current = now,
-            }
-        }
-    }
-
-    /// Takes exactly `bytes` from the budget. Returns the charge after taking them.
-    pub(crate) fn carve_exact(&self, bytes: usize) -> Result<usize, ()> {
-        let mut retried = false;
-        let mut current = self.charged.load(Relaxed);
-        loop {
-            if bytes > self.limit().saturating_sub(current) {
-                if !retried && self.absorb() {
-                    retried = true;
-                    current = self.charged.load(Relaxed);
-                    continue;
-                }
-                return Err(());
-            }
-            match self
-                .charged
-                .compare_exchange_weak(current, current + bytes, Relaxed, Relaxed)
-            {
-                Ok(_) => return Ok(current + bytes),
                 Err(now) => current = now,
             }
         }
