@@ -458,8 +458,18 @@ impl Core {
 
     /// Takes exactly `bytes` from the budget for this thread's reservation or entered
     /// allocation, keeping the peak and this thread's window right.
+    ///
+    /// This thread's own unspent credit is part of the budget too: when the bytes do not
+    /// fit, it is handed back and the request retried once before refusing.
     pub(crate) fn reserve(&self, bytes: usize) -> Result<(), ()> {
-        let after = self.carve_exact(bytes)?;
+        let after = match self.carve_exact(bytes) {
+            Ok(after) => after,
+            Err(()) if self.own_credit() > 0 => {
+                self.return_own_credit();
+                self.carve_exact(bytes)?
+            }
+            Err(()) => return Err(()),
+        };
         self.note_own_change(after);
         Ok(())
     }
@@ -735,7 +745,7 @@ impl Core {
         let r = self.entered(e);
         if r.take(size) {
             self.cold.reserved.fetch_sub(size, Relaxed);
-        } else if r.may_grow() && self.reserve_with_own_credit(e, size) {
+        } else if r.may_grow() && self.reserve(size).is_ok() {
             r.note_growth(size);
         } else {
             r.note_refusal();
@@ -746,20 +756,6 @@ impl Core {
             self.publish(e);
         }
         true
-    }
-
-    /// Takes `size` bytes for an entered allocation past the reservation's headroom. The
-    /// thread's own unspent credit is part of the shared budget: on a refusal it is handed
-    /// back and the request retried once, as `try_reserve` does.
-    fn reserve_with_own_credit(&self, e: &Entry, size: usize) -> bool {
-        if self.reserve(size).is_ok() {
-            return true;
-        }
-        if e.credit() == 0 {
-            return false;
-        }
-        self.give_back(e, e.credit());
-        self.reserve(size).is_ok()
     }
 
     fn release_entered(&self, e: &Entry, size: usize, op: Op) {

@@ -203,13 +203,9 @@ impl<'a, A> Reservation<'a, A> {
         };
         let state = ReservationState::allocate(bytes).ok_or_else(|| refused(core))?;
         if core.reserve(bytes).is_err() {
-            // This thread's own unspent credit is headroom too: give it back and retry once.
-            core.return_own_credit();
-            if core.reserve(bytes).is_err() {
-                // SAFETY: we own the only reference and do not use `state` again.
-                unsafe { ReservationState::release(state) };
-                return Err(refused(core));
-            }
+            // SAFETY: we own the only reference and do not use `state` again.
+            unsafe { ReservationState::release(state) };
+            return Err(refused(core));
         }
         core.add_reserved(bytes);
         Ok(Self { owner, state })
@@ -314,14 +310,7 @@ impl<'a, A> Reservation<'a, A> {
     /// ```
     pub fn grow(&self, additional: usize) -> Result<(), LimitExceeded> {
         let core = self.owner.core();
-        // As in `new`: this thread's own unspent credit is headroom too; give it back and
-        // retry once before refusing.
-        let mut reserved = core.reserve(additional);
-        if reserved.is_err() {
-            core.return_own_credit();
-            reserved = core.reserve(additional);
-        }
-        if reserved.is_err() {
+        if core.reserve(additional).is_err() {
             core.refuse(additional, false);
             return Err(LimitExceeded::new(
                 additional,
