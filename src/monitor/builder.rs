@@ -141,8 +141,7 @@ impl MonitorBuilder {
     }
 
     /// Thresholds on PSI `some avg10` in percent (default [`default_psi_thresholds`],
-    /// 10/25/50), or `None` to ignore
-    /// PSI.
+    /// 10/25/50), or `None` to ignore PSI.
     ///
     /// ```
     /// let b = limited_allocator::MemoryMonitor::builder().psi_thresholds(None);
