@@ -86,10 +86,11 @@ pub(crate) const PUBLISH_EVERY: u16 = 4096;
 pub(crate) struct Entry {
     pub token: Cell<u64>,
     /// The credit above the window's low-water mark: `credit - low`. Together with `low`
-    /// and `room` it holds the credit, its low-water mark and the hold allowance in a form
-    /// where each fast path is one subtraction and one addition (see [`try_spend`] and
-    /// [`try_refund`]): an allocation that does not make a new low leaves `low` alone, so
-    /// the peak costs nothing per call.
+    /// and `ceiling` it holds the credit, its low-water mark and the hold allowance in a
+    /// form where an allocation is one subtraction in memory and a free one comparison and
+    /// one addition (see [`try_spend`] and [`try_refund`]): an allocation that does not
+    /// make a new low leaves `low` (and so `ceiling`) alone, so neither the peak nor the
+    /// hold costs anything per allocation.
     ///
     /// Credit: bytes charged to the instance's budget and not yet spent by this thread. At
     /// most `hold <= HOLD_MAX` between calls (refills leave at most one batch, refunds stop
@@ -100,11 +101,13 @@ pub(crate) struct Entry {
     above: Cell<usize>,
     /// The lowest credit since the window opened (for the peak).
     low: Cell<usize>,
-    /// `hold - credit`, where `hold` is the most credit this thread may keep from frees:
+    /// `hold - low`, where `hold` is the most credit this thread may keep from frees:
     /// `HOLD_MAX` far from the limit, shrinking with the headroom (set on each slow path,
     /// see `Core::set_hold`), so near the limit freed bytes go straight back to the shared
-    /// budget. Negative when the hold shrank below the credit held.
-    room: Cell<isize>,
+    /// budget. Kept relative to `low` rather than to the credit so that an allocation
+    /// (which moves only `above`) leaves it alone; a free checks `above + size` against it.
+    /// Negative when the hold shrank below the low-water mark.
+    ceiling: Cell<isize>,
     /// Count-downs to the next publication: `PUBLISH_EVERY` minus the pending operations of
     /// each kind. A count-down lets the fast path count and test in one instruction.
     allocs_left: Cell<u16>,
@@ -125,7 +128,7 @@ impl Entry {
             token: Cell::new(0),
             above: Cell::new(0),
             low: Cell::new(0),
-            room: Cell::new(0),
+            ceiling: Cell::new(0),
             allocs_left: Cell::new(PUBLISH_EVERY),
             deallocs_left: Cell::new(PUBLISH_EVERY),
             reallocs_left: Cell::new(PUBLISH_EVERY),
@@ -146,7 +149,7 @@ impl Entry {
     pub fn hold(&self) -> usize {
         // Modulo 2^64: exact, as the hold is at most `HOLD_MAX` (a refund of an absurdly
         // large block on the slow path may briefly hold more credit than fits an isize).
-        (self.credit() as isize).wrapping_add(self.room.get()) as usize
+        (self.low.get() as isize).wrapping_add(self.ceiling.get()) as usize
     }
 
     /// The lowest credit since the window opened.
@@ -159,9 +162,15 @@ impl Entry {
     pub fn set_credit(&self, credit: usize) {
         let hold = self.hold();
         let low = self.low.get().min(credit);
-        self.low.set(low);
+        self.set_low(low, hold);
         self.above.set(credit - low);
-        self.room.set((hold as isize).wrapping_sub(credit as isize));
+    }
+
+    /// Moves the low-water mark, keeping the hold (`ceiling` is relative to `low`).
+    #[inline(always)]
+    fn set_low(&self, low: usize, hold: usize) {
+        self.low.set(low);
+        self.ceiling.set((hold as isize).wrapping_sub(low as isize));
     }
 
     /// Takes `bytes` out of the credit to hand them back to the budget. Not usage: if the
@@ -173,21 +182,19 @@ impl Entry {
         let low = self.low.get();
         if credit < low {
             self.base.set(self.base.get().saturating_sub(low - credit));
-            self.low.set(credit);
+            self.set_low(credit, hold);
         }
         self.above.set(credit - self.low.get());
-        self.room.set((hold as isize).wrapping_sub(credit as isize));
     }
 
     /// Sets the hold allowance (at most `HOLD_MAX`, so it fits an `isize`).
     pub fn set_hold(&self, hold: usize) {
-        self.room
-            .set((hold as isize).wrapping_sub(self.credit() as isize));
+        self.set_low(self.low.get(), hold);
     }
 
     /// Opens a new low-water window at the current credit.
     pub fn reset_low(&self) {
-        self.low.set(self.credit());
+        self.set_low(self.credit(), self.hold());
         self.above.set(0);
     }
 
@@ -242,7 +249,7 @@ impl Entry {
         self.token.set(token);
         self.above.set(0);
         self.low.set(0);
-        self.room.set(0);
+        self.ceiling.set(0);
         self.base.set(0);
         self.reset_counts();
         self.entered.set(core::ptr::null());
@@ -251,8 +258,9 @@ impl Entry {
     /// Tries to spend `size` bytes of credit for `token`: the fast path of `alloc`.
     ///
     /// Spending within the credit above the low-water mark takes `size` from `above` and
-    /// adds it to `room`; only an allocation that makes a new low (credit falling below
-    /// every earlier point of the window) touches `low`, on a branch of its own.
+    /// touches nothing else; only an allocation that makes a new low (credit falling below
+    /// every earlier point of the window) moves `low` and `ceiling`, on a branch of its
+    /// own.
     #[inline(always)]
     pub fn try_spend(&self, token: u64, size: usize, op: Op) -> Spent {
         if self.token.get() != token {
@@ -266,8 +274,6 @@ impl Entry {
                 return Spent::No;
             }
         }
-        // No overflow: room = hold - credit <= HOLD_MAX and size <= credit here.
-        self.room.set(self.room.get().wrapping_add(size as isize));
         if self.count(op) {
             Spent::YesPublish
         } else {
@@ -285,9 +291,13 @@ impl Entry {
         let above = unsafe { self.above.as_ptr().read_volatile() };
         // `low + above` is now `credit - size` modulo 2^64: it carries exactly when
         // `credit >= size` (then it is the new low).
-        let (left, fits) = self.low.get().overflowing_add(above);
+        let low = self.low.get();
+        let (left, fits) = low.overflowing_add(above);
         if fits {
+            // The hold stays: `ceiling` (hold - low) grows by what `low` fell.
+            let fell = (low - left) as isize;
             self.low.set(left);
+            self.ceiling.set(self.ceiling.get().wrapping_add(fell));
             self.above.set(0);
         } else {
             self.above.set(above.wrapping_add(size));
@@ -302,14 +312,16 @@ impl Entry {
         if self.token.get() != token {
             return Spent::No;
         }
-        // `room < size` as signed integers (exact: size <= isize::MAX, a Layout's bound).
-        let room = self.room.get();
+        // Fits when `credit + size <= hold`, i.e. `size <= hold - credit = ceiling - above`,
+        // compared as signed integers: exact, since `size <= isize::MAX` (a Layout's bound)
+        // and the room left is within `±HOLD_MAX` (negative when the hold shrank).
+        let above = self.above.get();
+        let room = self.ceiling.get().wrapping_sub(above as isize);
         if room < size as isize {
             return Spent::No;
         }
-        self.room.set(room - size as isize);
-        // No overflow: above <= credit <= HOLD_MAX and the sum stays within the hold.
-        self.above.set(self.above.get() + size);
+        // No overflow: the sum stays within the hold.
+        self.above.set(above + size);
         if self.count(op) {
             Spent::YesPublish
         } else {
