@@ -21,6 +21,7 @@
 //! thread (registering it may allocate, so re-entrant calls during registration are sent
 //! down the exact path).
 
+use crate::accounting::HOLD_MAX;
 use crate::registry::{self, Post, CACHED_SLOTS};
 use crate::reservation::ReservationState;
 use core::cell::Cell;
@@ -74,6 +75,10 @@ pub(crate) enum Op {
     Quiet,
 }
 
+/// The hold is kept in units of this many bytes (see [`Entry::set_hold`]).
+pub(crate) const HOLD_UNIT: usize = 16;
+const _: () = assert!(HOLD_MAX / HOLD_UNIT <= u16::MAX as usize);
+
 /// Pending counts are published once any of them reaches this, so other threads' `stats()`
 /// lag by at most this many operations per live thread.
 pub(crate) const PUBLISH_EVERY: u16 = 4096;
@@ -101,18 +106,21 @@ pub(crate) struct Entry {
     above: Cell<usize>,
     /// The lowest credit since the window opened (for the peak).
     low: Cell<usize>,
-    /// `hold - low`, where `hold` is the most credit this thread may keep from frees:
-    /// `HOLD_MAX` far from the limit, shrinking with the headroom (set on each slow path,
-    /// see `Core::set_hold`), so near the limit freed bytes go straight back to the shared
-    /// budget. Kept relative to `low` rather than to the credit so that an allocation
-    /// (which moves only `above`) leaves it alone; a free checks `above + size` against it.
-    /// Negative when the hold shrank below the low-water mark.
-    ceiling: Cell<isize>,
+    /// `hold - low` (0 when the hold is below the low-water mark), where `hold` is the
+    /// most credit this thread may keep from frees. Kept relative to `low` rather than to
+    /// the credit, so that an allocation (which moves only `above`) leaves it alone; a free
+    /// fits when `above + size <= ceiling`, one unsigned comparison.
+    ceiling: Cell<usize>,
     /// Count-downs to the next publication: `PUBLISH_EVERY` minus the pending operations of
     /// each kind. A count-down lets the fast path count and test in one instruction.
     allocs_left: Cell<u16>,
     deallocs_left: Cell<u16>,
     reallocs_left: Cell<u16>,
+    /// The hold in units of [`HOLD_UNIT`] bytes: `HOLD_MAX` far from the limit, shrinking
+    /// with the headroom (set on each slow path, see `Core::set_hold`), so near the limit
+    /// freed bytes go straight back to the shared budget. In units so that it fits the
+    /// entry's one cache line next to the count-downs.
+    hold_units: Cell<u16>,
     /// The instance's charge when the window opened.
     pub base: Cell<usize>,
     /// The instance's peak generation when the window opened.
@@ -132,6 +140,7 @@ impl Entry {
             allocs_left: Cell::new(PUBLISH_EVERY),
             deallocs_left: Cell::new(PUBLISH_EVERY),
             reallocs_left: Cell::new(PUBLISH_EVERY),
+            hold_units: Cell::new(0),
             base: Cell::new(0),
             peak_gen: Cell::new(0),
             entered: Cell::new(core::ptr::null()),
@@ -147,9 +156,7 @@ impl Entry {
     /// The most credit frees may leave this thread holding.
     #[inline]
     pub fn hold(&self) -> usize {
-        // Modulo 2^64: exact, as the hold is at most `HOLD_MAX` (a refund of an absurdly
-        // large block on the slow path may briefly hold more credit than fits an isize).
-        (self.low.get() as isize).wrapping_add(self.ceiling.get()) as usize
+        self.hold_units.get() as usize * HOLD_UNIT
     }
 
     /// The lowest credit since the window opened.
@@ -160,41 +167,41 @@ impl Entry {
 
     /// Sets the credit, keeping the hold; a credit below the low-water mark is the new low.
     pub fn set_credit(&self, credit: usize) {
-        let hold = self.hold();
         let low = self.low.get().min(credit);
-        self.set_low(low, hold);
+        self.set_low(low);
         self.above.set(credit - low);
     }
 
-    /// Moves the low-water mark, keeping the hold (`ceiling` is relative to `low`).
+    /// Moves the low-water mark (and so `ceiling`, which is relative to it).
     #[inline(always)]
-    fn set_low(&self, low: usize, hold: usize) {
+    fn set_low(&self, low: usize) {
         self.low.set(low);
-        self.ceiling.set((hold as isize).wrapping_sub(low as isize));
+        self.ceiling.set(self.hold().saturating_sub(low));
     }
 
     /// Takes `bytes` out of the credit to hand them back to the budget. Not usage: if the
     /// credit falls below the low-water mark, the window's base charge falls with it, so
     /// that the window's peak candidate (base minus low) stays what it was.
     pub fn hand_back(&self, bytes: usize) {
-        let hold = self.hold();
         let credit = self.credit() - bytes;
         let low = self.low.get();
         if credit < low {
             self.base.set(self.base.get().saturating_sub(low - credit));
-            self.set_low(credit, hold);
+            self.set_low(credit);
         }
         self.above.set(credit - self.low.get());
     }
 
-    /// Sets the hold allowance (at most `HOLD_MAX`, so it fits an `isize`).
+    /// Sets the hold allowance, rounded down to a multiple of [`HOLD_UNIT`] and at most
+    /// [`HOLD_MAX`].
     pub fn set_hold(&self, hold: usize) {
-        self.set_low(self.low.get(), hold);
+        self.hold_units.set((hold.min(HOLD_MAX) / HOLD_UNIT) as u16);
+        self.set_low(self.low.get());
     }
 
     /// Opens a new low-water window at the current credit.
     pub fn reset_low(&self) {
-        self.set_low(self.credit(), self.hold());
+        self.set_low(self.credit());
         self.above.set(0);
     }
 
@@ -250,6 +257,7 @@ impl Entry {
         self.above.set(0);
         self.low.set(0);
         self.ceiling.set(0);
+        self.hold_units.set(0);
         self.base.set(0);
         self.reset_counts();
         self.entered.set(core::ptr::null());
@@ -291,13 +299,9 @@ impl Entry {
         let above = unsafe { self.above.as_ptr().read_volatile() };
         // `low + above` is now `credit - size` modulo 2^64: it carries exactly when
         // `credit >= size` (then it is the new low).
-        let low = self.low.get();
-        let (left, fits) = low.overflowing_add(above);
+        let (left, fits) = self.low.get().overflowing_add(above);
         if fits {
-            // The hold stays: `ceiling` (hold - low) grows by what `low` fell.
-            let fell = (low - left) as isize;
-            self.low.set(left);
-            self.ceiling.set(self.ceiling.get().wrapping_add(fell));
+            self.set_low(left);
             self.above.set(0);
         } else {
             self.above.set(above.wrapping_add(size));
@@ -312,16 +316,14 @@ impl Entry {
         if self.token.get() != token {
             return Spent::No;
         }
-        // Fits when `credit + size <= hold`, i.e. `size <= hold - credit = ceiling - above`,
-        // compared as signed integers: exact, since `size <= isize::MAX` (a Layout's bound)
-        // and the room left is within `±HOLD_MAX` (negative when the hold shrank).
-        let above = self.above.get();
-        let room = self.ceiling.get().wrapping_sub(above as isize);
-        if room < size as isize {
+        // Fits when `credit + size <= hold`, i.e. `above + size <= hold - low = ceiling`
+        // (never when the hold is below `low`: then `ceiling` is 0). The sum cannot wrap:
+        // `above <= HOLD_MAX` between calls and `size <= isize::MAX` (a Layout's bound).
+        let credit_above = self.above.get() + size;
+        if credit_above > self.ceiling.get() {
             return Spent::No;
         }
-        // No overflow: the sum stays within the hold.
-        self.above.set(above + size);
+        self.above.set(credit_above);
         if self.count(op) {
             Spent::YesPublish
         } else {
@@ -596,21 +598,37 @@ mod tests {
         assert_eq!(e.try_spend(t, 101, Op::Alloc), Spent::No);
         assert_eq!(e.try_spend(t, 60, Op::Alloc), Spent::Yes);
         assert_eq!((e.credit(), e.low(), e.pending().0), (40, 40, 1));
-        e.set_hold(50);
-        assert_eq!(e.try_refund(t, 30, Op::Dealloc), Spent::No);
-        assert_eq!(e.try_refund(t, 10, Op::Dealloc), Spent::Yes);
-        assert_eq!((e.credit(), e.low(), e.hold()), (50, 40, 50));
+        e.set_hold(50); // rounded down to whole units: 48
+        assert_eq!(e.hold(), 48);
+        assert_eq!(e.try_refund(t, 9, Op::Dealloc), Spent::No);
+        assert_eq!(e.try_refund(t, 8, Op::Dealloc), Spent::Yes);
+        assert_eq!((e.credit(), e.low(), e.hold()), (48, 40, 48));
         // Within the credit above the low: the low stays; below it: a new low.
         assert_eq!(e.try_spend(t, 5, Op::Alloc), Spent::Yes);
-        assert_eq!((e.credit(), e.low(), e.hold()), (45, 40, 50));
+        assert_eq!((e.credit(), e.low(), e.hold()), (43, 40, 48));
         assert_eq!(e.try_spend(t, 20, Op::Alloc), Spent::Yes);
-        assert_eq!((e.credit(), e.low(), e.hold()), (25, 25, 50));
-        assert_eq!(e.try_spend(t, 26, Op::Alloc), Spent::No);
-        assert_eq!((e.credit(), e.low(), e.hold()), (25, 25, 50));
+        assert_eq!((e.credit(), e.low(), e.hold()), (23, 23, 48));
+        assert_eq!(e.try_spend(t, 24, Op::Alloc), Spent::No);
+        assert_eq!((e.credit(), e.low(), e.hold()), (23, 23, 48));
         assert_eq!(e.try_refund(t, 26, Op::Dealloc), Spent::No);
-        assert_eq!((e.credit(), e.low(), e.hold()), (25, 25, 50));
-        e.hand_back(10);
-        assert_eq!((e.credit(), e.low(), e.hold()), (15, 15, 50));
+        assert_eq!(e.try_refund(t, 25, Op::Dealloc), Spent::Yes);
+        assert_eq!((e.credit(), e.low(), e.hold()), (48, 23, 48));
+        e.hand_back(35);
+        assert_eq!((e.credit(), e.low(), e.hold()), (13, 13, 48));
+        // A hold below the low-water mark takes nothing back, until a new low passes it.
+        e.set_hold(0);
+        assert_eq!(e.try_refund(t, 1, Op::Dealloc), Spent::No);
+        e.set_credit(40);
+        e.reset_low();
+        e.set_hold(HOLD_UNIT);
+        assert_eq!(e.try_refund(t, 1, Op::Dealloc), Spent::No);
+        assert_eq!(e.try_spend(t, 30, Op::Alloc), Spent::Yes);
+        assert_eq!((e.credit(), e.low(), e.hold()), (10, 10, 16));
+        assert_eq!(e.try_refund(t, 7, Op::Dealloc), Spent::No);
+        assert_eq!(e.try_refund(t, 6, Op::Dealloc), Spent::Yes);
+        // The hold never passes HOLD_MAX, whatever is asked.
+        e.set_hold(usize::MAX);
+        assert_eq!(e.hold(), HOLD_MAX);
         assert_eq!(e.try_spend(token::next_epoch(t), 1, Op::Alloc), Spent::No);
     }
 }
