@@ -26,7 +26,7 @@
 use crate::registry::{self, Post, CACHED_SLOTS, SLOTS};
 use crate::reservation::ReservationState;
 use crate::thread_cache::{self, token, Entry, EntryAt, Op, Spent, ThreadCache};
-use core::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering::*};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicU8, AtomicUsize, Ordering::*};
 use crossbeam_utils::CachePadded;
 
 /// The most credit a thread takes in one refill.
@@ -49,6 +49,12 @@ struct Hot {
     entry_at: EntryAt,
     limit: AtomicUsize,
     thresholds: AtomicU64,
+    /// This instance's mailbox flag in the registry ([`registry::post_flag`]), or
+    /// [`registry::NEVER_POSTED`] until it owns a slot: always a `'static` flag, so that
+    /// [`Core::absorb`] polls it with one load and no slot arithmetic. A stale
+    /// `NEVER_POSTED` (read just after another thread registered the instance) only defers
+    /// absorbing to a later read, as a post that lands just after the poll would.
+    posted: AtomicPtr<AtomicBool>,
     report_refusals: AtomicBool,
     thread_cache: AtomicBool,
 }
@@ -104,6 +110,9 @@ impl Core {
                 entry_at: EntryAt::new(),
                 limit: AtomicUsize::new(limit),
                 thresholds: AtomicU64::new(crate::PressureThresholds::DEFAULT_BITS),
+                posted: AtomicPtr::new(
+                    &registry::NEVER_POSTED as *const AtomicBool as *mut AtomicBool,
+                ),
                 report_refusals: AtomicBool::new(true),
                 thread_cache: AtomicBool::new(thread_cache),
             }),
@@ -533,6 +542,11 @@ impl Core {
             .compare_exchange(token::UNREGISTERED, fresh, AcqRel, Acquire)
         {
             Ok(_) => {
+                if let Some(slot) = slot {
+                    let flag = registry::post_flag(slot);
+                    let flag = flag as *const AtomicBool as *mut AtomicBool;
+                    self.hot.posted.store(flag, Relaxed);
+                }
                 if let Some(slot) = slot.filter(|&s| s < CACHED_SLOTS) {
                     self.hot.entry_at.set(slot);
                 }
@@ -666,9 +680,13 @@ impl Core {
     }
 
     /// This thread's entry for this instance, if it holds one (any epoch).
+    ///
+    /// The token is loaded Relaxed: it is only used to find and recognise this thread's own
+    /// entry, which only this thread writes, and carries everything needed for that (slot
+    /// and id) in its own bits; nothing another thread wrote before storing it is read.
     #[inline]
     fn own_entry<R>(&self, f: impl FnOnce(&Entry) -> R) -> Option<R> {
-        let token = self.hot.token.load(Acquire);
+        let token = self.hot.token.load(Relaxed);
         thread_cache::with_cache(|c| {
             let e = c.entry(token)?;
             let held = e.token.get();
@@ -688,17 +706,35 @@ impl Core {
 
     /// Takes what exiting threads and dropped claims posted for this instance.
     /// True when bytes came back.
+    ///
+    /// When nothing was posted (nearly always), this is two dependent loads and a branch
+    /// that is not taken: the flag's address, then the flag. Relaxed suffices: a post that
+    /// is not seen yet is absorbed on a later read (as one made just after this poll
+    /// would be), and `registry::take` acquires what the poster released.
     #[inline]
     fn absorb(&self) -> bool {
-        let slot = token::slot(self.hot.token.load(Relaxed));
-        slot < SLOTS && registry::has_post(slot) && self.absorb_posted(slot)
+        self.has_post() && self.absorb_posted()
+    }
+
+    /// Whether something may have been posted to this instance's mailbox since it was last
+    /// absorbed: a load of the flag's address (on the instance's read-mostly line), then of
+    /// the flag.
+    #[inline(always)]
+    fn has_post(&self) -> bool {
+        // SAFETY: `posted` only ever holds the address of a `'static` flag (see `Hot`).
+        let flag = unsafe { &*self.hot.posted.load(Relaxed) };
+        flag.load(Relaxed)
     }
 
     /// [`absorb`](Self::absorb) once something was posted: out of line, so that readers
     /// (`allocated_bytes`, `check_can_allocate`) pay one load when nothing was.
     #[cold]
     #[inline(never)]
-    fn absorb_posted(&self, slot: usize) -> bool {
+    fn absorb_posted(&self) -> bool {
+        let slot = token::slot(self.hot.token.load(Relaxed));
+        if slot >= SLOTS {
+            return false;
+        }
         let post = registry::take(slot);
         if post.is_empty() {
             return false;
@@ -846,8 +882,67 @@ impl Core {
     /// Bytes charged now, as seen from this thread (its own unspent credit is not usage).
     #[inline]
     pub(crate) fn allocated_bytes(&self) -> usize {
+        match self.allocated_bytes_quick() {
+            Some(bytes) => bytes,
+            None => self.allocated_bytes_cold(),
+        }
+    }
+
+    /// [`allocated_bytes`](Self::allocated_bytes) in the usual case, `None` otherwise: when
+    /// nothing was posted to the mailbox (so [`absorb`](Self::absorb) has nothing to do) and
+    /// this thread's entry, found the way the fast path finds it, holds exactly the
+    /// instance's token, the answer is `charged` minus that entry's credit. Every other case
+    /// (a post to absorb; an entry of an earlier epoch, which still holds credit to
+    /// subtract; a parked or entering entry; no entry; an instance without a cached slot)
+    /// is left to [`allocated_bytes_cold`](Self::allocated_bytes_cold), which callers reach
+    /// by a tail call, so this path saves no registers for it.
+    ///
+    /// Exact equality identifies the entry: entries only ever hold 0 or tokens of their own
+    /// slot and no token is 0, so the entry at a stale offset never matches (see
+    /// `ThreadCache::fast_entry`). All loads are Relaxed: the token is only used to find and
+    /// recognise this thread's own entry, which only this thread writes; and `charged` is
+    /// a snapshot in which this thread's own changes (which its credit came from) are seen
+    /// in program order, by coherence, so the credit subtracted is counted in the value
+    /// read. (`None` if it somehow were not, rather than a wrapped number.)
+    #[inline(always)]
+    pub(crate) fn allocated_bytes_quick(&self) -> Option<usize> {
+        if self.has_post() {
+            return None;
+        }
+        let charged = self.charged.load(Relaxed);
+        let token = self.hot.token.load(Relaxed);
+        let at = &self.hot.entry_at;
+        let credit = thread_cache::with_cache(|c| {
+            let e = c.fast_entry(at);
+            (e.token.get() == token).then(|| e.credit())
+        })?;
+        charged.checked_sub(credit)
+    }
+
+    /// [`allocated_bytes`](Self::allocated_bytes) in general: absorbs the mailbox, then
+    /// finds this thread's entry for any epoch. Out of line (see
+    /// [`allocated_bytes_quick`](Self::allocated_bytes_quick)).
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn allocated_bytes_cold(&self) -> usize {
         self.absorb();
         self.charged.load(Relaxed).saturating_sub(self.own_credit())
+    }
+
+    /// The pressure level of [`allocated_bytes`](Self::allocated_bytes).
+    #[inline]
+    pub(crate) fn pressure_level(&self) -> crate::PressureLevel {
+        match self.allocated_bytes_quick() {
+            Some(used) => self.level_of(used),
+            None => self.pressure_level_cold(),
+        }
+    }
+
+    /// [`pressure_level`](Self::pressure_level) when the quick read does not apply.
+    #[cold]
+    #[inline(never)]
+    fn pressure_level_cold(&self) -> crate::PressureLevel {
+        self.level_of(self.allocated_bytes_cold())
     }
 
     pub(crate) fn peak_bytes(&self) -> usize {
