@@ -272,10 +272,14 @@ impl<A> LimitedAllocator<A> {
     pub fn check_can_allocate(&self, bytes: usize) -> Result<(), LimitExceeded> {
         // The usual answer, "fits", from the quick read; everything else (no quick read,
         // over the limit, does not fit) is decided again out of line.
+        // `current + bytes <= limit` without overflow is `bytes <= limit - current` with
+        // `current <= limit`: one addition and one comparison.
         let limit = self.limit();
         if let Some(current) = self.core.allocated_bytes_quick() {
-            if limit.checked_sub(current).is_some_and(|room| bytes <= room) {
-                return Ok(());
+            if let Some(total) = current.checked_add(bytes) {
+                if total <= limit {
+                    return Ok(());
+                }
             }
         }
         check_can_allocate_cold(&self.core, bytes)
