@@ -39,6 +39,15 @@ pub(crate) const HEADROOM_SHARE: usize = 32;
 /// in freed bytes.
 pub(crate) const HOLD_SHARE: usize = 8;
 
+/// This thread's entry for the instance whose token is `token`, if it holds one of any
+/// epoch (what [`Core::own_entry`] finds).
+#[inline(always)]
+fn own_entry_in(cache: &ThreadCache, token: u64) -> Option<&Entry> {
+    let e = cache.entry(token)?;
+    let held = e.token.get();
+    (held != 0 && token::id(held) == token::id(token)).then_some(e)
+}
+
 /// Read on every call: written only by `set_limit`, threshold changes, and epoch bumps.
 ///
 /// `repr(C)` so that what the fast path and the queries read (everything but
@@ -748,11 +757,7 @@ impl Core {
     #[inline]
     fn own_entry<R>(&self, f: impl FnOnce(&Entry) -> R) -> Option<R> {
         let token = self.hot.token.load(Relaxed);
-        thread_cache::with_cache(|c| {
-            let e = c.entry(token)?;
-            let held = e.token.get();
-            (held != 0 && token::id(held) == token::id(token)).then(|| f(e))
-        })
+        thread_cache::with_cache(|c| own_entry_in(c, token).map(f))
     }
 
     #[inline]
@@ -949,22 +954,25 @@ impl Core {
         }
     }
 
-    /// [`allocated_bytes`](Self::allocated_bytes) in the usual case, `None` otherwise: when
-    /// nothing was posted to the mailbox (so [`absorb`](Self::absorb) has nothing to do) and
-    /// this thread's entry, found the way the fast path finds it, holds exactly the
-    /// instance's token, the answer is `charged` minus that entry's credit. Every other case
-    /// (a post to absorb; an entry of an earlier epoch, which still holds credit to
-    /// subtract; a parked or entering entry; no entry; an instance without a cached slot)
-    /// is left to [`allocated_bytes_cold`](Self::allocated_bytes_cold), which callers reach
-    /// by a tail call, so this path saves no registers for it.
+    /// [`allocated_bytes`](Self::allocated_bytes) when nothing was posted to the mailbox
+    /// (so [`absorb`](Self::absorb) has nothing to do), `None` otherwise: then callers
+    /// tail-call [`allocated_bytes_cold`](Self::allocated_bytes_cold), so this path saves
+    /// no registers for it.
     ///
-    /// Exact equality identifies the entry: entries only ever hold 0 or tokens of their own
-    /// slot and no token is 0, so the entry at a stale offset never matches (see
-    /// `ThreadCache::fast_entry`). All loads are Relaxed: the token is only used to find and
-    /// recognise this thread's own entry, which only this thread writes; and `charged` is
-    /// a snapshot in which this thread's own changes (which its credit came from) are seen
-    /// in program order, by coherence, so the credit subtracted is counted in the value
-    /// read. (`None` if it somehow were not, rather than a wrapped number.)
+    /// This thread's credit is first looked for the way the fast path finds its entry: when
+    /// the entry holds exactly the instance's token (the usual case on a thread that
+    /// allocates through the instance), that is the entry, and its credit is read at once.
+    /// Exact equality identifies it: entries only ever hold 0 or tokens of their own slot
+    /// and no token is 0, so the entry at a stale offset never matches (see
+    /// `ThreadCache::fast_entry`). Otherwise (an entry of an earlier epoch, which still
+    /// holds credit to subtract; a parked or entering entry; no entry; an instance without
+    /// a cached slot) the general lookup runs, [`own_entry`](Self::own_entry)'s.
+    ///
+    /// All loads are Relaxed: the token is only used to find and recognise this thread's
+    /// own entry, which only this thread writes; and `charged` is a snapshot in which this
+    /// thread's own changes (which its credit came from) are seen in program order, by
+    /// coherence, so the credit subtracted is counted in the value read. (`None` if it
+    /// somehow were not, rather than a wrapped number.)
     #[inline(always)]
     pub(crate) fn allocated_bytes_quick(&self) -> Option<usize> {
         if self.has_post() {
@@ -975,8 +983,12 @@ impl Core {
         let at = &self.hot.entry_at;
         let credit = thread_cache::with_cache(|c| {
             let e = c.fast_entry(at);
-            (e.token.get() == token).then(|| e.credit())
-        })?;
+            if e.token.get() == token {
+                e.credit()
+            } else {
+                own_entry_in(c, token).map_or(0, Entry::credit)
+            }
+        });
         charged.checked_sub(credit)
     }
 

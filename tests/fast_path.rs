@@ -354,3 +354,37 @@ fn queries_subtract_own_credit_of_an_earlier_epoch() {
     assert_eq!(a.allocated_bytes(), 0);
     assert!(elsewhere() <= 1000, "{}", elsewhere());
 }
+
+/// This thread's entry may still hold a dropped instance's token and credit when a new
+/// instance that reuses the slot was registered on another thread: the queries must not
+/// subtract that credit from the new instance's usage.
+#[test]
+fn queries_ignore_a_dropped_instances_credit() {
+    use limited_allocator::PressureLevel;
+    for _ in 0..20 {
+        let old = quiet(1 << 30);
+        let p = alloc(&old, 64).unwrap(); // this thread now holds old's credit
+        free(&old, p, 64);
+        drop(old);
+        let new = quiet(100_000);
+        // Joined explicitly: that waits for the thread's exit, which returns its credit.
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let p = alloc(&new, 64).unwrap(); // registers `new`, maybe in old's slot
+                free(&new, p, 64);
+            })
+            .join()
+            .unwrap();
+        });
+        for _ in 0..2 {
+            assert_eq!(new.allocated_bytes(), 0);
+            assert!(new.check_can_allocate(100_000).is_ok());
+            assert!(new.check_can_allocate(100_001).is_err());
+            assert_eq!(new.pressure_level(), PressureLevel::Low);
+        }
+        let p = alloc(&new, 60_000).unwrap();
+        assert_eq!(new.allocated_bytes(), 60_000);
+        assert_eq!(new.pressure_level(), PressureLevel::Medium);
+        free(&new, p, 60_000);
+    }
+}
