@@ -39,6 +39,12 @@ pub(crate) const HEADROOM_SHARE: usize = 32;
 /// in freed bytes.
 pub(crate) const HOLD_SHARE: usize = 8;
 
+/// Marks the branch that calls it as the unusual one, so that the compiler lays the usual
+/// one out as the straight line (the call itself disappears when inlined).
+#[cold]
+#[inline]
+fn unusual() {}
+
 /// This thread's entry for the instance whose token is `token`, if it holds one of any
 /// epoch (what [`Core::own_entry`] finds).
 #[inline(always)]
@@ -986,6 +992,7 @@ impl Core {
             if e.token.get() == token {
                 e.credit()
             } else {
+                unusual();
                 own_entry_in(c, token).map_or(0, Entry::credit)
             }
         });
