@@ -84,6 +84,8 @@ struct Hot {
     thresholds: AtomicU64,
 }
 
+const _: () = assert!(core::mem::offset_of!(Hot, thresholds) == 64);
+
 /// The least `used` with `used / limit >= bp / 10_000`, i.e. `used * 10_000 >= bp * limit`:
 /// `ceil(bp * limit / 10_000)`, exact in `u128`. A threshold of at most 100 % (all that
 /// `PressureThresholds::new` accepts) has a cut point of at most `limit`; one that cannot
@@ -799,7 +801,7 @@ impl Core {
     }
 
     /// [`absorb`](Self::absorb) once something was posted: out of line, so that readers
-    /// (`allocated_bytes`, `check_can_allocate`) pay one load when nothing was.
+    /// (`allocated_bytes`, `check_can_allocate`) pay only the poll when nothing was.
     #[cold]
     #[inline(never)]
     fn absorb_posted(&self) -> bool {
@@ -1110,7 +1112,7 @@ mod tests {
     }
 
     /// At and next to every cut point, for limits from 0 to `usize::MAX` (where the products
-    /// overflow 64 bits) and thresholds from 0 % to 100 %, the level is the exact one.
+    /// overflow `usize`) and thresholds from 0 % to 100 %, the level is the exact one.
     #[test]
     fn levels_are_exact_at_every_cut_point() {
         let thresholds = [
@@ -1124,8 +1126,8 @@ mod tests {
             3,
             1000,
             10_007,
-            (1 << 48) - 1,
-            1 << 48,
+            usize::MAX / 0xffff,
+            usize::MAX / 0xffff + 1,
             usize::MAX / 10_000,
             usize::MAX / 10_000 + 1,
             usize::MAX - 1,

@@ -270,10 +270,10 @@ impl<A> LimitedAllocator<A> {
     /// ```
     #[inline]
     pub fn check_can_allocate(&self, bytes: usize) -> Result<(), LimitExceeded> {
-        // The usual answer, "fits", from the quick read; everything else (no quick read,
-        // over the limit, does not fit) is decided again out of line.
-        // `current + bytes <= limit` without overflow is `bytes <= limit - current` with
-        // `current <= limit`: one addition and one comparison.
+        // The usual answer, "fits", from the quick read: `current + bytes <= limit` without
+        // overflow is `bytes <= limit - current` with `current <= limit`, one addition and
+        // one comparison. Everything else (a mailbox post to absorb, no room, usage over
+        // the limit, where a request of 0 bytes still fits) is decided again out of line.
         let limit = self.limit();
         if let Some(current) = self.core.allocated_bytes_quick() {
             if let Some(total) = current.checked_add(bytes) {
