@@ -26,7 +26,7 @@
 use crate::registry::{self, Post, CACHED_SLOTS, SLOTS};
 use crate::reservation::ReservationState;
 use crate::thread_cache::{self, token, Entry, EntryAt, Op, Spent, ThreadCache};
-use core::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering::*};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicU8, AtomicUsize, Ordering::*};
 use crossbeam_utils::CachePadded;
 
 /// The most credit a thread takes in one refill.
@@ -39,7 +39,26 @@ pub(crate) const HEADROOM_SHARE: usize = 32;
 /// in freed bytes.
 pub(crate) const HOLD_SHARE: usize = 8;
 
+/// Marks the branch that calls it as the unusual one, so that the compiler lays the usual
+/// one out as the straight line (the call itself disappears when inlined).
+#[cold]
+#[inline]
+fn unusual() {}
+
+/// This thread's entry for the instance whose token is `token`, if it holds one of any
+/// epoch (what [`Core::own_entry`] finds).
+#[inline(always)]
+fn own_entry_in(cache: &ThreadCache, token: u64) -> Option<&Entry> {
+    let e = cache.entry(token)?;
+    let held = e.token.get();
+    (held != 0 && token::id(held) == token::id(token)).then_some(e)
+}
+
 /// Read on every call: written only by `set_limit`, threshold changes, and epoch bumps.
+///
+/// `repr(C)` so that what the fast path and the queries read (everything but
+/// `thresholds`) shares the first 64 bytes.
+#[repr(C)]
 struct Hot {
     token: AtomicU64,
     /// Where this instance's entry sits in every thread's cache (0 until registered and
@@ -47,10 +66,46 @@ struct Hot {
     /// stale 0 is harmless: entry 0 only ever holds tokens of slot 0, so it matches this
     /// instance's token only if 0 is in fact its slot.
     entry_at: EntryAt,
+    /// This instance's mailbox flag in the registry ([`registry::post_flag`]), or
+    /// [`registry::NEVER_POSTED`] until it owns a slot: always a `'static` flag, so that
+    /// [`Core::absorb`] polls it with one load and no slot arithmetic. A stale
+    /// `NEVER_POSTED` (read just after another thread registered the instance) only defers
+    /// absorbing to a later read, as a post that lands just after the poll would.
+    posted: AtomicPtr<AtomicBool>,
     limit: AtomicUsize,
-    thresholds: AtomicU64,
+    /// The least usage at which the medium, high and critical thresholds are reached at the
+    /// current limit ([`cut_point`]), so that [`Core::level_of`] is three comparisons. Kept
+    /// up to date by [`Core::update_cuts`] whenever the limit or the thresholds change.
+    cuts: [AtomicUsize; 3],
     report_refusals: AtomicBool,
     thread_cache: AtomicBool,
+    /// The thresholds in basis points, 16 bits each (medium, high, critical from bit 0),
+    /// as `PressureThresholds::to_bits` packs them.
+    thresholds: AtomicU64,
+}
+
+const _: () = assert!(core::mem::offset_of!(Hot, thresholds) == 64);
+
+/// The least `used` with `used / limit >= bp / 10_000`, i.e. `used * 10_000 >= bp * limit`:
+/// `ceil(bp * limit / 10_000)`, exact in `u128`. A threshold of at most 100 % (all that
+/// `PressureThresholds::new` accepts) has a cut point of at most `limit`; one that cannot
+/// be reached saturates at `usize::MAX`.
+const fn cut_point(bp: u64, limit: usize) -> usize {
+    let cut = (bp as u128 * limit as u128).div_ceil(10_000);
+    if cut > usize::MAX as u128 {
+        usize::MAX
+    } else {
+        cut as usize
+    }
+}
+
+/// The cut points of the three thresholds packed in `bits`, at `limit`.
+const fn cut_points(bits: u64, limit: usize) -> [usize; 3] {
+    [
+        cut_point(bits & 0xffff, limit),
+        cut_point((bits >> 16) & 0xffff, limit),
+        cut_point((bits >> 32) & 0xffff, limit),
+    ]
 }
 
 /// Written on slow paths and read by `stats()`.
@@ -102,10 +157,22 @@ impl Core {
             hot: CachePadded::new(Hot {
                 token: AtomicU64::new(token::UNREGISTERED),
                 entry_at: EntryAt::new(),
+                posted: AtomicPtr::new(
+                    &registry::NEVER_POSTED as *const AtomicBool as *mut AtomicBool,
+                ),
                 limit: AtomicUsize::new(limit),
-                thresholds: AtomicU64::new(crate::PressureThresholds::DEFAULT_BITS),
+                cuts: {
+                    let [medium, high, critical] =
+                        cut_points(crate::PressureThresholds::DEFAULT_BITS, limit);
+                    [
+                        AtomicUsize::new(medium),
+                        AtomicUsize::new(high),
+                        AtomicUsize::new(critical),
+                    ]
+                },
                 report_refusals: AtomicBool::new(true),
                 thread_cache: AtomicBool::new(thread_cache),
+                thresholds: AtomicU64::new(crate::PressureThresholds::DEFAULT_BITS),
             }),
             charged: CachePadded::new(AtomicUsize::new(0)),
             cold: CachePadded::new(Cold {
@@ -135,7 +202,9 @@ impl Core {
     }
 
     pub(crate) fn set_limit(&self, limit: usize) {
-        let old = self.hot.limit.swap(limit, AcqRel);
+        // SeqCst for `update_cuts` (see there); AcqRel would do for the rest.
+        let old = self.hot.limit.swap(limit, SeqCst);
+        self.update_cuts();
         if limit < old {
             // Credit carved under the old limit may now be more than fits: recall it, and
             // threads park if usage is over the new limit.
@@ -152,31 +221,49 @@ impl Core {
     }
 
     /// The pressure level of `used` bytes against the limit and thresholds, in integers:
-    /// `used / limit >= bp / 10000` as `used * 10000 >= bp * limit` in `u128` (exact, no
-    /// float division, a few nanoseconds). Agrees with
-    /// `PressureThresholds::level_for(percent)` (the thresholds are kept in basis points
-    /// either way) except where float rounding of the percentage straddles a threshold. A
-    /// zero limit reads Critical, as 100 % does.
+    /// `used / limit >= bp / 10000` as `used * 10000 >= bp * limit`, exact, which is
+    /// `used >= cut` for the cut points kept in `Hot` (three loads and comparisons, no
+    /// multiplication, no float). Agrees with `PressureThresholds::level_for(percent)` (the
+    /// thresholds are kept in basis points either way) except where float rounding of the
+    /// percentage straddles a threshold. A zero limit reads Critical, as 100 % does.
+    ///
+    /// The level is the number of thresholds reached, with no branch: the cut points never
+    /// decrease from medium to critical (`PressureThresholds::new` requires
+    /// `medium < high < critical`, rounding to basis points and `cut_point` keep the order),
+    /// so reaching one means reaching those below it. While the limit or the thresholds are
+    /// being changed on another thread, the cut points read may mix old and new ones; the
+    /// count is then between the level of the old and that of the new setting.
     #[inline]
     pub(crate) fn level_of(&self, used: usize) -> crate::PressureLevel {
-        use crate::PressureLevel::*;
-        let limit = self.limit() as u128;
-        let bits = self.thresholds_bits();
-        let scaled = used as u128 * 10_000;
-        let reached = |shift: u32| scaled >= ((bits >> shift) & 0xffff) as u128 * limit;
-        if reached(32) {
-            Critical
-        } else if reached(16) {
-            High
-        } else if reached(0) {
-            Medium
-        } else {
-            Low
+        let reached = |cut: &AtomicUsize| usize::from(used >= cut.load(Relaxed));
+        let [medium, high, critical] = &self.hot.cuts;
+        crate::PressureLevel::from_index(reached(medium) + reached(high) + reached(critical))
+    }
+
+    /// Recomputes the cut points after the limit or the thresholds changed, until they were
+    /// computed from the limit and thresholds that are still current after they were stored.
+    ///
+    /// So two threads changing the limit and the thresholds at once cannot leave stale cut
+    /// points behind: with every access here and the writers' stores `SeqCst`, whichever
+    /// writer stores a cut point last re-reads the limit and thresholds after that store,
+    /// and a change it does not see is ordered after it, so the writer that made that
+    /// change stores its cut points later still.
+    fn update_cuts(&self) {
+        loop {
+            let limit = self.hot.limit.load(SeqCst);
+            let bits = self.hot.thresholds.load(SeqCst);
+            for (cut, value) in self.hot.cuts.iter().zip(cut_points(bits, limit)) {
+                cut.store(value, SeqCst);
+            }
+            if self.hot.limit.load(SeqCst) == limit && self.hot.thresholds.load(SeqCst) == bits {
+                return;
+            }
         }
     }
 
     pub(crate) fn set_thresholds_bits(&self, bits: u64) {
-        self.hot.thresholds.store(bits, Relaxed);
+        self.hot.thresholds.store(bits, SeqCst);
+        self.update_cuts();
     }
 
     pub(crate) fn set_report_refusals(&self, on: bool) {
@@ -533,6 +620,11 @@ impl Core {
             .compare_exchange(token::UNREGISTERED, fresh, AcqRel, Acquire)
         {
             Ok(_) => {
+                if let Some(slot) = slot {
+                    let flag = registry::post_flag(slot);
+                    let flag = flag as *const AtomicBool as *mut AtomicBool;
+                    self.hot.posted.store(flag, Relaxed);
+                }
                 if let Some(slot) = slot.filter(|&s| s < CACHED_SLOTS) {
                     self.hot.entry_at.set(slot);
                 }
@@ -666,14 +758,14 @@ impl Core {
     }
 
     /// This thread's entry for this instance, if it holds one (any epoch).
+    ///
+    /// The token is loaded Relaxed: it is only used to find and recognise this thread's own
+    /// entry, which only this thread writes, and carries everything needed for that (slot
+    /// and id) in its own bits; nothing another thread wrote before storing it is read.
     #[inline]
     fn own_entry<R>(&self, f: impl FnOnce(&Entry) -> R) -> Option<R> {
-        let token = self.hot.token.load(Acquire);
-        thread_cache::with_cache(|c| {
-            let e = c.entry(token)?;
-            let held = e.token.get();
-            (held != 0 && token::id(held) == token::id(token)).then(|| f(e))
-        })
+        let token = self.hot.token.load(Relaxed);
+        thread_cache::with_cache(|c| own_entry_in(c, token).map(f))
     }
 
     #[inline]
@@ -688,17 +780,35 @@ impl Core {
 
     /// Takes what exiting threads and dropped claims posted for this instance.
     /// True when bytes came back.
+    ///
+    /// When nothing was posted (nearly always), this is two dependent loads and a branch
+    /// that is not taken: the flag's address, then the flag. Relaxed suffices: a post that
+    /// is not seen yet is absorbed on a later read (as one made just after this poll
+    /// would be), and `registry::take` acquires what the poster released.
     #[inline]
     fn absorb(&self) -> bool {
-        let slot = token::slot(self.hot.token.load(Relaxed));
-        slot < SLOTS && registry::has_post(slot) && self.absorb_posted(slot)
+        self.has_post() && self.absorb_posted()
+    }
+
+    /// Whether something may have been posted to this instance's mailbox since it was last
+    /// absorbed: a load of the flag's address (on the instance's read-mostly line), then of
+    /// the flag.
+    #[inline(always)]
+    fn has_post(&self) -> bool {
+        // SAFETY: `posted` only ever holds the address of a `'static` flag (see `Hot`).
+        let flag = unsafe { &*self.hot.posted.load(Relaxed) };
+        flag.load(Relaxed)
     }
 
     /// [`absorb`](Self::absorb) once something was posted: out of line, so that readers
-    /// (`allocated_bytes`, `check_can_allocate`) pay one load when nothing was.
+    /// (`allocated_bytes`, `check_can_allocate`) pay only the poll when nothing was.
     #[cold]
     #[inline(never)]
-    fn absorb_posted(&self, slot: usize) -> bool {
+    fn absorb_posted(&self) -> bool {
+        let slot = token::slot(self.hot.token.load(Relaxed));
+        if slot >= SLOTS {
+            return false;
+        }
         let post = registry::take(slot);
         if post.is_empty() {
             return false;
@@ -846,8 +956,75 @@ impl Core {
     /// Bytes charged now, as seen from this thread (its own unspent credit is not usage).
     #[inline]
     pub(crate) fn allocated_bytes(&self) -> usize {
+        match self.allocated_bytes_quick() {
+            Some(bytes) => bytes,
+            None => self.allocated_bytes_cold(),
+        }
+    }
+
+    /// [`allocated_bytes`](Self::allocated_bytes) when nothing was posted to the mailbox
+    /// (so [`absorb`](Self::absorb) has nothing to do), `None` otherwise: then callers
+    /// tail-call [`allocated_bytes_cold`](Self::allocated_bytes_cold), so this path saves
+    /// no registers for it.
+    ///
+    /// This thread's credit is first looked for the way the fast path finds its entry: when
+    /// the entry holds exactly the instance's token (the usual case on a thread that
+    /// allocates through the instance), that is the entry, and its credit is read at once.
+    /// Exact equality identifies it: entries only ever hold 0 or tokens of their own slot
+    /// and no token is 0, so the entry at a stale offset never matches (see
+    /// `ThreadCache::fast_entry`). Otherwise (an entry of an earlier epoch, which still
+    /// holds credit to subtract; a parked or entering entry; no entry; an instance without
+    /// a cached slot) the general lookup runs, [`own_entry`](Self::own_entry)'s.
+    ///
+    /// All loads are Relaxed: the token is only used to find and recognise this thread's
+    /// own entry, which only this thread writes; and `charged` is a snapshot in which this
+    /// thread's own changes (which its credit came from) are seen in program order, by
+    /// coherence, so the credit subtracted is counted in the value read. (`None` if it
+    /// somehow were not, rather than a wrapped number.)
+    #[inline(always)]
+    pub(crate) fn allocated_bytes_quick(&self) -> Option<usize> {
+        if self.has_post() {
+            return None;
+        }
+        let charged = self.charged.load(Relaxed);
+        let token = self.hot.token.load(Relaxed);
+        let at = &self.hot.entry_at;
+        let credit = thread_cache::with_cache(|c| {
+            let e = c.fast_entry(at);
+            if e.token.get() == token {
+                e.credit()
+            } else {
+                unusual();
+                own_entry_in(c, token).map_or(0, Entry::credit)
+            }
+        });
+        charged.checked_sub(credit)
+    }
+
+    /// [`allocated_bytes`](Self::allocated_bytes) in general: absorbs the mailbox, then
+    /// finds this thread's entry for any epoch. Out of line (see
+    /// [`allocated_bytes_quick`](Self::allocated_bytes_quick)).
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn allocated_bytes_cold(&self) -> usize {
         self.absorb();
         self.charged.load(Relaxed).saturating_sub(self.own_credit())
+    }
+
+    /// The pressure level of [`allocated_bytes`](Self::allocated_bytes).
+    #[inline]
+    pub(crate) fn pressure_level(&self) -> crate::PressureLevel {
+        match self.allocated_bytes_quick() {
+            Some(used) => self.level_of(used),
+            None => self.pressure_level_cold(),
+        }
+    }
+
+    /// [`pressure_level`](Self::pressure_level) when the quick read does not apply.
+    #[cold]
+    #[inline(never)]
+    fn pressure_level_cold(&self) -> crate::PressureLevel {
+        self.level_of(self.allocated_bytes_cold())
     }
 
     pub(crate) fn peak_bytes(&self) -> usize {
@@ -911,6 +1088,100 @@ impl Drop for Core {
         let slot = token::slot(t);
         if slot < SLOTS {
             registry::release(slot, token::id(t));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{PressureLevel, PressureThresholds};
+
+    /// The definition the cut points implement: the highest threshold with
+    /// `used * 10_000 >= bp * limit`, in `u128`.
+    fn reference(used: usize, limit: usize, bits: u64) -> PressureLevel {
+        let reached = |shift: u32| {
+            used as u128 * 10_000 >= ((bits >> shift) & 0xffff) as u128 * limit as u128
+        };
+        match (reached(0), reached(16), reached(32)) {
+            (_, _, true) => PressureLevel::Critical,
+            (_, true, _) => PressureLevel::High,
+            (true, _, _) => PressureLevel::Medium,
+            _ => PressureLevel::Low,
+        }
+    }
+
+    /// At and next to every cut point, for limits from 0 to `usize::MAX` (where the products
+    /// overflow `usize`) and thresholds from 0 % to 100 %, the level is the exact one.
+    #[test]
+    fn levels_are_exact_at_every_cut_point() {
+        let thresholds = [
+            PressureThresholds::DEFAULT,
+            PressureThresholds::new(0.0, 0.01, 100.0).unwrap(),
+            PressureThresholds::new(33.33, 66.67, 99.99).unwrap(),
+        ];
+        let limits = [
+            0,
+            1,
+            3,
+            1000,
+            10_007,
+            usize::MAX / 0xffff,
+            usize::MAX / 0xffff + 1,
+            usize::MAX / 10_000,
+            usize::MAX / 10_000 + 1,
+            usize::MAX - 1,
+            usize::MAX,
+        ];
+        for t in thresholds {
+            let bits = t.to_bits();
+            for limit in limits {
+                let core = Core::new(limit, true);
+                core.set_thresholds_bits(bits);
+                let mut points = vec![0, 1, limit / 2, limit, usize::MAX];
+                for cut in cut_points(bits, limit) {
+                    points.extend([cut.saturating_sub(1), cut, cut.saturating_add(1)]);
+                }
+                for used in points {
+                    assert_eq!(
+                        core.level_of(used),
+                        reference(used, limit, bits),
+                        "{used} of {limit} at {t:?}"
+                    );
+                }
+            }
+        }
+        assert_eq!(Core::new(0, true).level_of(0), PressureLevel::Critical);
+    }
+
+    /// The cut points follow the limit and the thresholds, also when both change at once on
+    /// two threads: they end up those of the final setting.
+    #[test]
+    fn cut_points_follow_concurrent_changes() {
+        let core = Core::new(1000, true);
+        assert_eq!(core.level_of(600), PressureLevel::Medium);
+        core.set_limit(2000);
+        assert_eq!(core.level_of(600), PressureLevel::Low);
+        let custom = PressureThresholds::new(10.0, 20.0, 30.0).unwrap().to_bits();
+        core.set_thresholds_bits(custom);
+        assert_eq!(core.level_of(600), PressureLevel::Critical);
+        let defaults = PressureThresholds::DEFAULT_BITS;
+        for round in 0..50 {
+            std::thread::scope(|s| {
+                s.spawn(|| {
+                    for i in 0..200 {
+                        core.set_limit(1000 + (i + round) % 7 * 1000);
+                    }
+                });
+                s.spawn(|| {
+                    for i in 0..200 {
+                        core.set_thresholds_bits(if i % 2 == 0 { custom } else { defaults });
+                    }
+                });
+            });
+            let (limit, bits) = (core.limit(), core.thresholds_bits());
+            let cuts = core.hot.cuts.each_ref().map(|c| c.load(Relaxed));
+            assert_eq!(cuts, cut_points(bits, limit), "round {round}");
         }
     }
 }

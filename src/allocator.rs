@@ -140,6 +140,7 @@ impl<A> LimitedAllocator<A> {
     /// let _r = a.try_reserve(300).unwrap();
     /// assert_eq!(a.allocated_bytes(), 300);
     /// ```
+    #[inline]
     pub fn allocated_bytes(&self) -> usize {
         self.core.allocated_bytes()
     }
@@ -204,8 +205,9 @@ impl<A> LimitedAllocator<A> {
     /// let _r = a.try_reserve(850).unwrap();
     /// assert_eq!(a.pressure_level(), PressureLevel::High);
     /// ```
+    #[inline]
     pub fn pressure_level(&self) -> PressureLevel {
-        self.core.level_of(self.allocated_bytes())
+        self.core.pressure_level()
     }
 
     /// The thresholds [`pressure_level`](Self::pressure_level) uses.
@@ -266,14 +268,21 @@ impl<A> LimitedAllocator<A> {
     /// let err = a.check_can_allocate(300).unwrap_err();
     /// assert_eq!((err.requested, err.current, err.limit, err.available), (300, 800, 1024, 224));
     /// ```
+    #[inline]
     pub fn check_can_allocate(&self, bytes: usize) -> Result<(), LimitExceeded> {
+        // The usual answer, "fits", from the quick read: `current + bytes <= limit` without
+        // overflow is `bytes <= limit - current` with `current <= limit`, one addition and
+        // one comparison. Everything else (a mailbox post to absorb, no room, usage over
+        // the limit, where a request of 0 bytes still fits) is decided again out of line.
         let limit = self.limit();
-        let current = self.allocated_bytes();
-        if bytes <= limit.saturating_sub(current) {
-            Ok(())
-        } else {
-            Err(LimitExceeded::new(bytes, limit, current))
+        if let Some(current) = self.core.allocated_bytes_quick() {
+            if let Some(total) = current.checked_add(bytes) {
+                if total <= limit {
+                    return Ok(());
+                }
+            }
         }
+        check_can_allocate_cold(&self.core, bytes)
     }
 
     /// Charges `bytes` to the budget now, race-free, and holds them until the returned
@@ -374,6 +383,22 @@ impl<A: GlobalAlloc> LimitedAllocator<A> {
         // inner one) with `layout`.
         unsafe { this.inner.dealloc(ptr, layout) };
         this.core.release_rest(spent, layout.size(), Op::Dealloc);
+    }
+}
+
+/// [`check_can_allocate`](LimitedAllocator::check_can_allocate) in general: with the mailbox
+/// absorbed and this thread's credit of any epoch subtracted. Out of line and not generic,
+/// so the common answer's path holds no code for the error, and one copy serves every
+/// inner allocator.
+#[cold]
+#[inline(never)]
+fn check_can_allocate_cold(core: &Core, bytes: usize) -> Result<(), LimitExceeded> {
+    let limit = core.limit();
+    let current = core.allocated_bytes_cold();
+    if bytes <= limit.saturating_sub(current) {
+        Ok(())
+    } else {
+        Err(LimitExceeded::new(bytes, limit, current))
     }
 }
 

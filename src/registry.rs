@@ -151,13 +151,16 @@ pub(crate) fn post(index: usize, id: u64, post: Post) {
     slot.pins.fetch_sub(1, Ordering::Release);
 }
 
-/// Whether anything may have been posted to slot `index` since the last [`take`]: one
-/// relaxed load, for readers that poll on every call.
-#[inline]
-pub(crate) fn has_post(index: usize) -> bool {
-    TABLE
-        .get(index)
-        .is_some_and(|slot| slot.dirty.load(Ordering::Relaxed))
+/// Never set: the flag an instance polls before it owns a slot (and when the table was
+/// full), so that polling needs no check of the slot first.
+pub(crate) static NEVER_POSTED: AtomicBool = AtomicBool::new(false);
+
+/// The flag that is set when something is posted to slot `index` and cleared by [`take`]:
+/// an instance keeps a reference to its own, so that a reader that polls on every call
+/// (`allocated_bytes`) pays one relaxed load of it, with no slot arithmetic or bounds
+/// check. [`NEVER_POSTED`] for an index past the table.
+pub(crate) fn post_flag(index: usize) -> &'static AtomicBool {
+    TABLE.get(index).map_or(&NEVER_POSTED, |slot| &slot.dirty)
 }
 
 /// Takes everything posted for the owner of slot `index` (the caller is that owner).
@@ -220,9 +223,12 @@ mod tests {
                 ..Post::default()
             },
         );
+        assert!(post_flag(slot).load(Ordering::Relaxed));
         let got = take(slot);
         assert_eq!((got.returned, got.allocs), (10, 2));
+        assert!(!post_flag(slot).load(Ordering::Relaxed));
         assert!(take(slot).is_empty());
+        assert!(core::ptr::eq(post_flag(SLOTS), &NEVER_POSTED));
         release(slot, id);
         post(
             slot,

@@ -319,3 +319,72 @@ fn counts_are_exact_on_one_thread_across_publications() {
         (2, 0, 5000)
     );
 }
+
+/// The queries subtract this thread's own credit also when its entry is of an earlier epoch
+/// (a recall this thread has not answered yet, as after `set_limit`): that credit is still
+/// held, and still not usage. Another thread sees it as usage (bounded slack).
+#[test]
+fn queries_subtract_own_credit_of_an_earlier_epoch() {
+    use limited_allocator::{PressureLevel, PressureThresholds};
+    const LIMIT: usize = 1 << 20;
+    let a = quiet(LIMIT);
+    // Medium from 1 % (10486 bytes): above the live bytes, below live bytes plus credit.
+    a.set_thresholds(PressureThresholds::new(1.0, 50.0, 90.0).unwrap());
+    let p = alloc(&a, 1000).unwrap(); // takes a batch: this thread now holds credit
+    let elsewhere = || std::thread::scope(|s| s.spawn(|| a.allocated_bytes()).join().unwrap());
+    let held = elsewhere() - 1000;
+    assert!(held >= 20_000, "credit held by this thread: {held}");
+    // Lowering the limit recalls credit by advancing the epoch; this thread answers on its
+    // next call, so its entry is now of an earlier epoch and still holds the credit.
+    a.set_limit(LIMIT - 1);
+    assert_eq!(elsewhere(), 1000 + held, "the credit is still held");
+    assert_eq!(a.allocated_bytes(), 1000);
+    assert_eq!(a.available_bytes(), LIMIT - 1 - 1000);
+    assert_eq!(a.pressure_level(), PressureLevel::Low);
+    assert_eq!(a.stats().current_bytes, 1000);
+    assert!(a.check_can_allocate(LIMIT - 1 - 1000).is_ok());
+    let err = a.check_can_allocate(LIMIT - 1000).unwrap_err();
+    assert_eq!((err.current, err.limit), (1000, LIMIT - 1));
+    // Seen from a thread without credit, the same state is Medium.
+    let level = std::thread::scope(|s| s.spawn(|| a.pressure_level()).join().unwrap());
+    assert_eq!(level, PressureLevel::Medium);
+    // This thread's next call answers the recall: the old credit goes back (the freed
+    // bytes may stay as new credit).
+    free(&a, p, 1000);
+    assert_eq!(a.allocated_bytes(), 0);
+    assert!(elsewhere() <= 1000, "{}", elsewhere());
+}
+
+/// This thread's entry may still hold a dropped instance's token and credit when a new
+/// instance that reuses the slot was registered on another thread: the queries must not
+/// subtract that credit from the new instance's usage.
+#[test]
+fn queries_ignore_a_dropped_instances_credit() {
+    use limited_allocator::PressureLevel;
+    for _ in 0..20 {
+        let old = quiet(1 << 30);
+        let p = alloc(&old, 64).unwrap(); // this thread now holds old's credit
+        free(&old, p, 64);
+        drop(old);
+        let new = quiet(100_000);
+        // Joined explicitly: that waits for the thread's exit, which returns its credit.
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let p = alloc(&new, 64).unwrap(); // registers `new`, maybe in old's slot
+                free(&new, p, 64);
+            })
+            .join()
+            .unwrap();
+        });
+        for _ in 0..2 {
+            assert_eq!(new.allocated_bytes(), 0);
+            assert!(new.check_can_allocate(100_000).is_ok());
+            assert!(new.check_can_allocate(100_001).is_err());
+            assert_eq!(new.pressure_level(), PressureLevel::Low);
+        }
+        let p = alloc(&new, 60_000).unwrap();
+        assert_eq!(new.allocated_bytes(), 60_000);
+        assert_eq!(new.pressure_level(), PressureLevel::Medium);
+        free(&new, p, 60_000);
+    }
+}
