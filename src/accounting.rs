@@ -38,6 +38,11 @@ pub(crate) const HEADROOM_SHARE: usize = 32;
 /// A thread keeps at most this fraction (1/N) of the headroom (as of its last slow path)
 /// in freed bytes.
 pub(crate) const HOLD_SHARE: usize = 8;
+/// Blocks larger than this that the credit cannot serve (or hold) are charged and released
+/// *directly*: exactly their size on the shared counter, with the credit left alone. A
+/// refill for such a block would be mostly the block itself, and a refund would be mostly
+/// handed back at once, so going through the credit only costs instructions.
+pub(crate) const DIRECT_MIN: usize = MAX_BATCH;
 
 /// Read on every call: written only by `set_limit`, threshold changes, and epoch bumps.
 struct Hot {
@@ -219,6 +224,14 @@ impl Core {
     #[cold]
     #[inline(never)]
     pub(crate) fn charge_rest(&self, spent: Spent, size: usize, op: Op) -> bool {
+        self.finish_charge(spent, size, op)
+    }
+
+    /// The body of [`charge_rest`](Self::charge_rest), for a caller that is out of line
+    /// already (`alloc_rest`): inlined there, so a large block's direct charge costs no
+    /// further call.
+    #[inline(always)]
+    pub(crate) fn finish_charge(&self, spent: Spent, size: usize, op: Op) -> bool {
         match spent {
             Spent::Yes => true,
             Spent::YesPublish => {
@@ -257,6 +270,13 @@ impl Core {
     #[cold]
     #[inline(never)]
     pub(crate) fn release_rest(&self, spent: Spent, size: usize, op: Op) {
+        self.finish_release(spent, size, op);
+    }
+
+    /// The body of [`release_rest`](Self::release_rest), for a caller that is out of line
+    /// already (`dealloc_rest`), as [`finish_charge`](Self::finish_charge).
+    #[inline(always)]
+    pub(crate) fn finish_release(&self, spent: Spent, size: usize, op: Op) {
         match spent {
             Spent::Yes => {}
             Spent::YesPublish => self.publish_own(),
@@ -276,7 +296,50 @@ impl Core {
         };
     }
 
+    /// The slow path of a charge: a large block directly, anything else (and a large
+    /// block that does not fit the headroom without this thread's credit) through
+    /// [`charge_general`](Self::charge_general).
+    #[inline(always)]
     fn charge_slow(&self, size: usize, op: Op) -> bool {
+        if size > DIRECT_MIN {
+            if let Some(e) = self.in_sync_here() {
+                if self.charge_direct(e, size, op) {
+                    return true;
+                }
+            }
+        }
+        self.charge_general(size, op)
+    }
+
+    /// This thread's entry if it is in sync (as [`in_sync`](Self::in_sync)), without a
+    /// closure, so that the direct paths inline into `alloc_rest`/`dealloc_rest`.
+    #[inline(always)]
+    fn in_sync_here(&self) -> Option<&Entry> {
+        let token = self.hot.token.load(Relaxed);
+        let e = thread_cache::fast_entry_here(&self.hot.entry_at);
+        (e.token.get() == token).then_some(e)
+    }
+
+    /// Charges a block the credit cannot serve (`size > DIRECT_MIN`, more than the credit:
+    /// the fast path failed) exactly, on the shared counter, with the one compare-and-swap
+    /// of [`take_from_budget`](Self::take_from_budget); the credit stays as it is. False
+    /// when the block does not fit the headroom: then the general path tries again with
+    /// this thread's credit counted in, and refuses if that does not fit either.
+    #[inline(always)]
+    fn charge_direct(&self, e: &Entry, size: usize, op: Op) -> bool {
+        let Ok((_, after)) = self.take_from_budget(size, false) else {
+            return false;
+        };
+        self.moved_own(e, after);
+        if e.count(op) {
+            self.publish(e);
+        }
+        true
+    }
+
+    /// Everything the fast path could not finish but a large block's direct charge.
+    #[inline(never)]
+    fn charge_general(&self, size: usize, op: Op) -> bool {
         if let Some(done) = self.in_sync(|e| self.spend_cached(e, size, op)) {
             return done;
         }
@@ -289,7 +352,7 @@ impl Core {
     /// the slow path needs none of `sync_entry`'s checks: the fast path only failed for
     /// want of credit or room to hold it (large blocks), and goes straight to a refill or
     /// a give-back.
-    #[inline]
+    #[inline(always)]
     fn in_sync<R>(&self, f: impl FnOnce(&Entry) -> R) -> Option<R> {
         let token = self.hot.token.load(Relaxed);
         let at = &self.hot.entry_at;
@@ -336,7 +399,34 @@ impl Core {
         true
     }
 
+    /// The slow path of a release: a large block directly, anything else through
+    /// [`release_general`](Self::release_general).
+    #[inline(always)]
     fn release_slow(&self, size: usize, op: Op) {
+        if size > DIRECT_MIN {
+            if let Some(e) = self.in_sync_here() {
+                return self.release_direct(e, size, op);
+            }
+        }
+        self.release_general(size, op);
+    }
+
+    /// Releases a block the credit cannot hold (`size > DIRECT_MIN`, more than the room
+    /// left under the hold: the fast path failed) exactly, with one `fetch_sub` on the
+    /// shared counter; the credit stays as it is. Runs after the block was freed (see
+    /// [`release_fast`](Self::release_fast)).
+    #[inline(always)]
+    fn release_direct(&self, e: &Entry, size: usize, op: Op) {
+        let after = self.charged.fetch_sub(size, Relaxed) - size;
+        self.moved_own(e, after);
+        if e.count(op) {
+            self.publish(e);
+        }
+    }
+
+    /// Everything the fast path could not finish but a large block's direct release.
+    #[inline(never)]
+    fn release_general(&self, size: usize, op: Op) {
         if self.in_sync(|e| self.refund_cached(e, size, op)).is_some() {
             return;
         }
@@ -355,6 +445,43 @@ impl Core {
             return self.release_exact(size, op);
         }
         self.refund_cached(e, size, op);
+    }
+
+    /// After this thread moved `charged` to `after` by a block's own bytes, its credit
+    /// untouched (the direct paths): restarts the window at `after` (as
+    /// [`rebase`](Self::rebase), which also resizes the hold to the headroom left), and
+    /// keeps the credit within that hold: a large block near the limit shrinks the
+    /// headroom, and the credit must shrink with it to keep the slack bound.
+    #[inline(always)]
+    fn moved_own(&self, e: &Entry, after: usize) {
+        // `rebase`, spelled out so that it inlines and loads the peak generation once.
+        let gen = self.cold.peak_gen.load(Relaxed);
+        let candidate = e.peak_candidate();
+        if candidate > self.cold.peak.load(Relaxed) && e.peak_gen.get() == gen {
+            self.cold.peak.fetch_max(candidate, Relaxed);
+        }
+        e.base.set(after);
+        e.reset_low();
+        e.peak_gen.set(gen);
+        // The hold: far from the limit it would be `HOLD_MAX`, and the entry's hold is at
+        // most that already, so leaving it keeps the slack bound (a hold left smaller by an
+        // earlier call near the limit is resized by the next general slow path). Near the
+        // limit it follows the headroom, and the credit shrinks with it.
+        let headroom = self.limit().saturating_sub(after);
+        if headroom < HOLD_MAX * HOLD_SHARE {
+            let hold = headroom / HOLD_SHARE;
+            e.set_hold(hold);
+            if e.credit() > hold {
+                self.trim_credit(e);
+            }
+        }
+    }
+
+    /// Hands back the credit above half the hold (the hold shrank below the credit).
+    #[cold]
+    #[inline(never)]
+    fn trim_credit(&self, e: &Entry) {
+        self.give_back(e, e.credit() - e.hold() / 2);
     }
 
     /// Takes `size` freed bytes back as credit, handing back what passes the entry's hold.
@@ -419,6 +546,7 @@ impl Core {
     /// The one compare-and-swap loop that raises `charged`: takes `need` bytes (plus, with
     /// `batch`, up to 1/[`HEADROOM_SHARE`] of the spare headroom, at most [`MAX_BATCH`]) if
     /// they fit under the limit, after absorbing the mailbox once if they do not.
+    #[inline]
     fn take_from_budget(&self, need: usize, batch: bool) -> Result<(usize, usize), ()> {
         let mut retried = false;
         let mut current = self.charged.load(Relaxed);
