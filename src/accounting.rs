@@ -311,8 +311,12 @@ impl Core {
         self.charge_general(size, op)
     }
 
-    /// This thread's entry if it is in sync (as [`in_sync`](Self::in_sync)), without a
-    /// closure, so that the direct paths inline into `alloc_rest`/`dealloc_rest`.
+    /// This thread's entry if it holds exactly the instance's token: in sync, neither
+    /// parked nor entering, and (having been synced) on a live thread cache. Then the slow
+    /// path needs none of `sync_entry`'s checks: the fast path only failed for want of
+    /// credit or room to hold it, and goes straight to a direct charge or release, a
+    /// refill or a give-back. Without a closure (see [`thread_cache::fast_entry_here`]),
+    /// so that the direct paths inline into `alloc_rest`/`dealloc_rest`.
     #[inline(always)]
     fn in_sync_here(&self) -> Option<&Entry> {
         let token = self.hot.token.load(Relaxed);
@@ -340,26 +344,11 @@ impl Core {
     /// Everything the fast path could not finish but a large block's direct charge.
     #[inline(never)]
     fn charge_general(&self, size: usize, op: Op) -> bool {
-        if let Some(done) = self.in_sync(|e| self.spend_cached(e, size, op)) {
-            return done;
+        if let Some(e) = self.in_sync_here() {
+            return self.spend_cached(e, size, op);
         }
         thread_cache::with_live_cache(|c| self.charge_cached(c, size, op))
             .unwrap_or_else(|| self.charge_exact(size, op))
-    }
-
-    /// Runs `f` on this thread's entry if it holds exactly the instance's token: in sync,
-    /// neither parked nor entering, and (having been synced) on a live thread cache. Then
-    /// the slow path needs none of `sync_entry`'s checks: the fast path only failed for
-    /// want of credit or room to hold it (large blocks), and goes straight to a refill or
-    /// a give-back.
-    #[inline(always)]
-    fn in_sync<R>(&self, f: impl FnOnce(&Entry) -> R) -> Option<R> {
-        let token = self.hot.token.load(Relaxed);
-        let at = &self.hot.entry_at;
-        thread_cache::with_cache(|c| {
-            let e = c.fast_entry(at);
-            (e.token.get() == token).then(|| f(e))
-        })
     }
 
     fn charge_cached(&self, cache: &ThreadCache, size: usize, op: Op) -> bool {
@@ -427,8 +416,8 @@ impl Core {
     /// Everything the fast path could not finish but a large block's direct release.
     #[inline(never)]
     fn release_general(&self, size: usize, op: Op) {
-        if self.in_sync(|e| self.refund_cached(e, size, op)).is_some() {
-            return;
+        if let Some(e) = self.in_sync_here() {
+            return self.refund_cached(e, size, op);
         }
         thread_cache::with_live_cache(|c| self.release_cached(c, size, op))
             .unwrap_or_else(|| self.release_exact(size, op))
