@@ -16,7 +16,9 @@
 //! and entry offset, compares the token with this thread's entry, and moves bytes between
 //! the entry's credit and the caller: no shared write, no lock, no allocation, no panic.
 //! Everything else (refills, give-backs, publication, parking, entering, threads starting
-//! or exiting) is out of line in the `*_rest` / `*_slow` functions.
+//! or exiting) is out of line in the `*_rest` / `*_slow` functions. Blocks larger than a
+//! batch that the credit cannot serve or hold take the *direct* path there: exactly their
+//! size on the shared counter, the credit untouched (see [`DIRECT_MIN`]).
 //!
 //! What "exact" means here: read on one thread, `allocated_bytes()` is `charged` minus that
 //! thread's own credit, which is exactly the live bytes when no other thread holds credit.
@@ -714,8 +716,9 @@ impl Core {
 
     /// Sets how much credit frees may leave this thread holding: `HOLD_MAX`, and at most
     /// 1/[`HOLD_SHARE`] of the headroom at `charged`, so that near the limit freed bytes go
-    /// back to the budget, where other threads can use them. Recomputed on every slow-path
-    /// call (also when a parked thread resumes).
+    /// back to the budget, where other threads can use them. Recomputed on every general
+    /// slow-path call (also when a parked thread resumes); the direct paths only near the
+    /// limit (see [`moved_own`](Self::moved_own)).
     fn set_hold(&self, e: &Entry, charged: usize) {
         let headroom = self.limit().saturating_sub(charged);
         e.set_hold((headroom / HOLD_SHARE).min(HOLD_MAX));
