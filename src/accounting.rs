@@ -16,7 +16,9 @@
 //! and entry offset, compares the token with this thread's entry, and moves bytes between
 //! the entry's credit and the caller: no shared write, no lock, no allocation, no panic.
 //! Everything else (refills, give-backs, publication, parking, entering, threads starting
-//! or exiting) is out of line in the `*_rest` / `*_slow` functions.
+//! or exiting) is out of line in the `*_rest` / `*_slow` functions. Blocks larger than a
+//! batch that the credit cannot serve or hold take the *direct* path there: exactly their
+//! size on the shared counter, the credit untouched (see [`DIRECT_MIN`]).
 //!
 //! What "exact" means here: read on one thread, `allocated_bytes()` is `charged` minus that
 //! thread's own credit, which is exactly the live bytes when no other thread holds credit.
@@ -38,6 +40,11 @@ pub(crate) const HEADROOM_SHARE: usize = 32;
 /// A thread keeps at most this fraction (1/N) of the headroom (as of its last slow path)
 /// in freed bytes.
 pub(crate) const HOLD_SHARE: usize = 8;
+/// Blocks larger than this that the credit cannot serve (or hold) are charged and released
+/// *directly*: exactly their size on the shared counter, with the credit left alone. A
+/// refill for such a block would be mostly the block itself, and a refund would be mostly
+/// handed back at once, so going through the credit only costs instructions.
+pub(crate) const DIRECT_MIN: usize = MAX_BATCH;
 
 /// Marks the branch that calls it as the unusual one, so that the compiler lays the usual
 /// one out as the straight line (the call itself disappears when inlined).
@@ -306,6 +313,14 @@ impl Core {
     #[cold]
     #[inline(never)]
     pub(crate) fn charge_rest(&self, spent: Spent, size: usize, op: Op) -> bool {
+        self.finish_charge(spent, size, op)
+    }
+
+    /// The body of [`charge_rest`](Self::charge_rest), for a caller that is out of line
+    /// already (`alloc_rest`): inlined there, so a large block's direct charge costs no
+    /// further call.
+    #[inline(always)]
+    pub(crate) fn finish_charge(&self, spent: Spent, size: usize, op: Op) -> bool {
         match spent {
             Spent::Yes => true,
             Spent::YesPublish => {
@@ -344,6 +359,13 @@ impl Core {
     #[cold]
     #[inline(never)]
     pub(crate) fn release_rest(&self, spent: Spent, size: usize, op: Op) {
+        self.finish_release(spent, size, op);
+    }
+
+    /// The body of [`release_rest`](Self::release_rest), for a caller that is out of line
+    /// already (`dealloc_rest`), as [`finish_charge`](Self::finish_charge).
+    #[inline(always)]
+    pub(crate) fn finish_release(&self, spent: Spent, size: usize, op: Op) {
         match spent {
             Spent::Yes => {}
             Spent::YesPublish => self.publish_own(),
@@ -363,27 +385,59 @@ impl Core {
         };
     }
 
+    /// The slow path of a charge: a large block directly, anything else (and a large
+    /// block that does not fit the headroom without this thread's credit) through
+    /// [`charge_general`](Self::charge_general).
+    #[inline(always)]
     fn charge_slow(&self, size: usize, op: Op) -> bool {
-        if let Some(done) = self.in_sync(|e| self.spend_cached(e, size, op)) {
-            return done;
+        if size > DIRECT_MIN {
+            if let Some(e) = self.in_sync_here() {
+                if self.charge_direct(e, size, op) {
+                    return true;
+                }
+            }
+        }
+        self.charge_general(size, op)
+    }
+
+    /// This thread's entry if it holds exactly the instance's token: in sync, neither
+    /// parked nor entering, and (having been synced) on a live thread cache. Then the slow
+    /// path needs none of `sync_entry`'s checks: the fast path only failed for want of
+    /// credit or room to hold it, and goes straight to a direct charge or release, a
+    /// refill or a give-back. Without a closure (see [`thread_cache::fast_entry_here`]),
+    /// so that the direct paths inline into `alloc_rest`/`dealloc_rest`.
+    #[inline(always)]
+    fn in_sync_here(&self) -> Option<&Entry> {
+        let token = self.hot.token.load(Relaxed);
+        let e = thread_cache::fast_entry_here(&self.hot.entry_at);
+        (e.token.get() == token).then_some(e)
+    }
+
+    /// Charges a block the credit cannot serve (`size > DIRECT_MIN`, more than the credit:
+    /// the fast path failed) exactly, on the shared counter, with the one compare-and-swap
+    /// of [`take_from_budget`](Self::take_from_budget); the credit stays as it is. False
+    /// when the block does not fit the headroom: then the general path tries again with
+    /// this thread's credit counted in, and refuses if that does not fit either.
+    #[inline(always)]
+    fn charge_direct(&self, e: &Entry, size: usize, op: Op) -> bool {
+        let Ok((_, after)) = self.take_from_budget(size, false) else {
+            return false;
+        };
+        self.moved_own(e, after);
+        if e.count(op) {
+            self.publish(e);
+        }
+        true
+    }
+
+    /// Everything the fast path could not finish but a large block's direct charge.
+    #[inline(never)]
+    fn charge_general(&self, size: usize, op: Op) -> bool {
+        if let Some(e) = self.in_sync_here() {
+            return self.spend_cached(e, size, op);
         }
         thread_cache::with_live_cache(|c| self.charge_cached(c, size, op))
             .unwrap_or_else(|| self.charge_exact(size, op))
-    }
-
-    /// Runs `f` on this thread's entry if it holds exactly the instance's token: in sync,
-    /// neither parked nor entering, and (having been synced) on a live thread cache. Then
-    /// the slow path needs none of `sync_entry`'s checks: the fast path only failed for
-    /// want of credit or room to hold it (large blocks), and goes straight to a refill or
-    /// a give-back.
-    #[inline]
-    fn in_sync<R>(&self, f: impl FnOnce(&Entry) -> R) -> Option<R> {
-        let token = self.hot.token.load(Relaxed);
-        let at = &self.hot.entry_at;
-        thread_cache::with_cache(|c| {
-            let e = c.fast_entry(at);
-            (e.token.get() == token).then(|| f(e))
-        })
     }
 
     fn charge_cached(&self, cache: &ThreadCache, size: usize, op: Op) -> bool {
@@ -423,9 +477,36 @@ impl Core {
         true
     }
 
+    /// The slow path of a release: a large block directly, anything else through
+    /// [`release_general`](Self::release_general).
+    #[inline(always)]
     fn release_slow(&self, size: usize, op: Op) {
-        if self.in_sync(|e| self.refund_cached(e, size, op)).is_some() {
-            return;
+        if size > DIRECT_MIN {
+            if let Some(e) = self.in_sync_here() {
+                return self.release_direct(e, size, op);
+            }
+        }
+        self.release_general(size, op);
+    }
+
+    /// Releases a block the credit cannot hold (`size > DIRECT_MIN`, more than the room
+    /// left under the hold: the fast path failed) exactly, with one `fetch_sub` on the
+    /// shared counter; the credit stays as it is. Runs after the block was freed (see
+    /// [`release_fast`](Self::release_fast)).
+    #[inline(always)]
+    fn release_direct(&self, e: &Entry, size: usize, op: Op) {
+        let after = self.charged.fetch_sub(size, Relaxed) - size;
+        self.moved_own(e, after);
+        if e.count(op) {
+            self.publish(e);
+        }
+    }
+
+    /// Everything the fast path could not finish but a large block's direct release.
+    #[inline(never)]
+    fn release_general(&self, size: usize, op: Op) {
+        if let Some(e) = self.in_sync_here() {
+            return self.refund_cached(e, size, op);
         }
         thread_cache::with_live_cache(|c| self.release_cached(c, size, op))
             .unwrap_or_else(|| self.release_exact(size, op))
@@ -442,6 +523,43 @@ impl Core {
             return self.release_exact(size, op);
         }
         self.refund_cached(e, size, op);
+    }
+
+    /// After this thread moved `charged` to `after` by a block's own bytes, its credit
+    /// untouched (the direct paths): restarts the window at `after` (as
+    /// [`rebase`](Self::rebase), which also resizes the hold to the headroom left), and
+    /// keeps the credit within that hold: a large block near the limit shrinks the
+    /// headroom, and the credit must shrink with it to keep the slack bound.
+    #[inline(always)]
+    fn moved_own(&self, e: &Entry, after: usize) {
+        // `rebase`, spelled out so that it inlines and loads the peak generation once.
+        let gen = self.cold.peak_gen.load(Relaxed);
+        let candidate = e.peak_candidate();
+        if candidate > self.cold.peak.load(Relaxed) && e.peak_gen.get() == gen {
+            self.cold.peak.fetch_max(candidate, Relaxed);
+        }
+        e.base.set(after);
+        e.reset_low();
+        e.peak_gen.set(gen);
+        // The hold: far from the limit it would be `HOLD_MAX`, and the entry's hold is at
+        // most that already, so leaving it keeps the slack bound (a hold left smaller by an
+        // earlier call near the limit is resized by the next general slow path). Near the
+        // limit it follows the headroom, and the credit shrinks with it.
+        let headroom = self.limit().saturating_sub(after);
+        if headroom < HOLD_MAX * HOLD_SHARE {
+            let hold = headroom / HOLD_SHARE;
+            e.set_hold(hold);
+            if e.credit() > hold {
+                self.trim_credit(e);
+            }
+        }
+    }
+
+    /// Hands back the credit above half the hold (the hold shrank below the credit).
+    #[cold]
+    #[inline(never)]
+    fn trim_credit(&self, e: &Entry) {
+        self.give_back(e, e.credit() - e.hold() / 2);
     }
 
     /// Takes `size` freed bytes back as credit, handing back what passes the entry's hold.
@@ -506,6 +624,7 @@ impl Core {
     /// The one compare-and-swap loop that raises `charged`: takes `need` bytes (plus, with
     /// `batch`, up to 1/[`HEADROOM_SHARE`] of the spare headroom, at most [`MAX_BATCH`]) if
     /// they fit under the limit, after absorbing the mailbox once if they do not.
+    #[inline]
     fn take_from_budget(&self, need: usize, batch: bool) -> Result<(usize, usize), ()> {
         let mut retried = false;
         let mut current = self.charged.load(Relaxed);
@@ -689,8 +808,9 @@ impl Core {
 
     /// Sets how much credit frees may leave this thread holding: `HOLD_MAX`, and at most
     /// 1/[`HOLD_SHARE`] of the headroom at `charged`, so that near the limit freed bytes go
-    /// back to the budget, where other threads can use them. Recomputed on every slow-path
-    /// call (also when a parked thread resumes).
+    /// back to the budget, where other threads can use them. Recomputed on every general
+    /// slow-path call (also when a parked thread resumes); the direct paths only near the
+    /// limit (see [`moved_own`](Self::moved_own)).
     fn set_hold(&self, e: &Entry, charged: usize) {
         let headroom = self.limit().saturating_sub(charged);
         e.set_hold((headroom / HOLD_SHARE).min(HOLD_MAX));

@@ -354,7 +354,7 @@ impl<A: GlobalAlloc> LimitedAllocator<A> {
     #[inline(never)]
     unsafe fn alloc_rest(layout: Layout, spent: Spent, zeroed: bool, this: &Self) -> *mut u8 {
         let size = layout.size();
-        if !this.core.charge_rest(spent, size, Op::Alloc) {
+        if !this.core.finish_charge(spent, size, Op::Alloc) {
             return core::ptr::null_mut();
         }
         // SAFETY: the caller upholds `alloc`'s contract for `layout`; forwarded as is.
@@ -382,7 +382,7 @@ impl<A: GlobalAlloc> LimitedAllocator<A> {
         // SAFETY: the caller guarantees `ptr` was allocated by this allocator (hence by the
         // inner one) with `layout`.
         unsafe { this.inner.dealloc(ptr, layout) };
-        this.core.release_rest(spent, layout.size(), Op::Dealloc);
+        this.core.finish_release(spent, layout.size(), Op::Dealloc);
     }
 }
 
