@@ -27,7 +27,7 @@
 
 use crate::registry::{self, Post, CACHED_SLOTS, SLOTS};
 use crate::reservation::ReservationState;
-use crate::thread_cache::{self, token, Entry, EntryAt, Op, Spent, ThreadCache};
+use crate::thread_cache::{self, token, unusual, Entry, EntryAt, Op, Spent, ThreadCache};
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicU8, AtomicUsize, Ordering::*};
 use crossbeam_utils::CachePadded;
 
@@ -45,12 +45,6 @@ pub(crate) const HOLD_SHARE: usize = 8;
 /// refill for such a block would be mostly the block itself, and a refund would be mostly
 /// handed back at once, so going through the credit only costs instructions.
 pub(crate) const DIRECT_MIN: usize = MAX_BATCH;
-
-/// Marks the branch that calls it as the unusual one, so that the compiler lays the usual
-/// one out as the straight line (the call itself disappears when inlined).
-#[cold]
-#[inline]
-fn unusual() {}
 
 /// This thread's entry for the instance whose token is `token`, if it holds one of any
 /// epoch (what [`Core::own_entry`] finds).
