@@ -1103,15 +1103,14 @@ impl Core {
         let charged = self.charged.load(Relaxed);
         let token = self.hot.token.load(Relaxed);
         let at = &self.hot.entry_at;
-        let credit = thread_cache::with_cache(|c| {
-            let e = c.fast_entry(at);
-            if e.token.get() == token {
-                e.credit()
-            } else {
-                unusual();
-                own_entry_in(c, token).map_or(0, Entry::credit)
-            }
-        });
+        let c = thread_cache::cache_for(at);
+        let e = c.fast_entry(at);
+        let credit = if e.token.get() == token {
+            e.credit()
+        } else {
+            unusual();
+            own_entry_in(c, token).map_or(0, Entry::credit)
+        };
         charged.checked_sub(credit)
     }
 

@@ -437,7 +437,7 @@ pub(crate) enum Spent {
 
 const _: () = assert!(CACHED_SLOTS.is_power_of_two() && CACHED_SLOTS <= 1 << 10);
 const _: () = assert!(core::mem::size_of::<Entry>() == 64);
-// `fast_entry_here` relies on the cache's storage never being torn down by a destructor.
+// `cache_for` relies on the cache's storage never being torn down by a destructor.
 const _: () = assert!(!core::mem::needs_drop::<ThreadCache>());
 
 const FRESH: u8 = 0;
@@ -518,21 +518,28 @@ pub(crate) fn with_cache<R>(f: impl FnOnce(&ThreadCache) -> R) -> R {
     CACHE.with(f)
 }
 
-/// This thread's entry at `at` (see [`ThreadCache::fast_entry`]), for a slow path that
-/// works on it across several steps. `with_cache` with a large closure is not inlined
+/// This thread's cache, borrowed for as long as the instance whose entry offset is `at`
+/// (callers use it within one call on that instance). For code that works on the cache
+/// across several steps: `with_cache` with a large closure is not inlined
 /// (`LocalKey::with` becomes a call, with the closure's captures spilled to the stack);
-/// the closure here is one address computation, which is. Callers keep the reference in a
-/// local for the rest of the current allocator call.
+/// the closure here is one address, which is.
+#[inline(always)]
+pub(crate) fn cache_for(_at: &EntryAt) -> &ThreadCache {
+    let c = with_cache(core::ptr::from_ref);
+    // SAFETY: `c` points at this thread's `CACHE`, which `with_cache` just handed out, so
+    // it is valid now. It stays valid while this thread runs: `ThreadCache` has no drop
+    // glue (asserted above), so its storage is never torn down early, only released with
+    // the thread. The reference cannot reach another thread: `ThreadCache` is not `Sync`,
+    // so `&ThreadCache` is not `Send`. Nothing in an allocator call or a query ends the
+    // thread, and callers drop the reference before they return.
+    unsafe { &*c }
+}
+
+/// This thread's entry at `at` (see [`ThreadCache::fast_entry`]), for a slow path that
+/// works on it across several steps (see [`cache_for`]).
 #[inline(always)]
 pub(crate) fn fast_entry_here(at: &EntryAt) -> &Entry {
-    let e = with_cache(|c| core::ptr::from_ref(c.fast_entry(at)));
-    // SAFETY: `e` points into this thread's `CACHE`, which `with_cache` just handed out, so
-    // it is valid now. It stays valid while this thread runs: `ThreadCache` has no drop
-    // glue (asserted below), so its storage is never torn down early, only released with
-    // the thread. The reference cannot reach another thread: `Entry` is not `Sync`, so
-    // `&Entry` is not `Send`. Nothing in an allocator call ends the thread, and callers
-    // drop the reference before their call returns.
-    unsafe { &*e }
+    cache_for(at).fast_entry(at)
 }
 
 /// Runs `f` on this thread's cache if it may hold credit (its exit hook is registered).
