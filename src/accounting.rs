@@ -85,6 +85,8 @@ struct Hot {
     thresholds: AtomicU64,
 }
 
+// On 64-bit targets; with 4-byte words everything fits the first line anyway.
+#[cfg(target_pointer_width = "64")]
 const _: () = assert!(core::mem::offset_of!(Hot, thresholds) == 64);
 
 /// The least `used` with `used / limit >= bp / 10_000`, i.e. `used * 10_000 >= bp * limit`:

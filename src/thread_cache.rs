@@ -666,4 +666,88 @@ mod tests {
         assert_eq!(e.hold(), HOLD_MAX);
         assert_eq!(e.try_spend(token::next_epoch(t), 1, Op::Alloc), Spent::No);
     }
+
+    /// Random operations on an entry against a plain model of its credit, low-water mark
+    /// and hold, with sizes up to `isize::MAX`: the fast paths grant exactly what fits, and
+    /// `ceiling` stays `hold - low` (0 below) through every way `low` or the hold moves.
+    #[test]
+    fn entry_matches_model() {
+        let mut s: u64 = 0x1234_5678_9abc_def1;
+        let mut next = move || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            s
+        };
+        for round in 0..2000 {
+            let e = Entry::new();
+            let t = token::make(1, 0);
+            e.token.set(t);
+            let (mut credit, mut low, mut hold) = (0usize, 0usize, 0usize);
+            for step in 0..200 {
+                let r = next();
+                let small = (next() % (HOLD_MAX as u64 + 1000)) as usize;
+                let size = match r % 4 {
+                    0 => small % 64 + 1,
+                    1 => small,
+                    2 => (next() as usize) & (isize::MAX as usize),
+                    _ => small % 4096,
+                };
+                match r % 7 {
+                    0 => {
+                        let c = small.min(HOLD_MAX);
+                        e.set_credit(c);
+                        credit = c;
+                        low = low.min(c);
+                    }
+                    1 => {
+                        if credit > 0 {
+                            let b = small % (credit + 1);
+                            e.hand_back(b);
+                            credit -= b;
+                            low = low.min(credit);
+                        }
+                    }
+                    2 => {
+                        let h = if next() % 5 == 0 { usize::MAX } else { small };
+                        e.set_hold(h);
+                        hold = h.min(HOLD_MAX) / HOLD_UNIT * HOLD_UNIT;
+                    }
+                    3 => {
+                        e.reset_low();
+                        low = credit;
+                    }
+                    4 | 5 => {
+                        let got = e.try_spend(t, size, Op::Alloc) != Spent::No;
+                        assert_eq!(got, size <= credit, "r{round} s{step} spend {size}");
+                        if got {
+                            credit -= size;
+                            low = low.min(credit);
+                        }
+                    }
+                    _ => {
+                        let got = e.try_refund(t, size, Op::Dealloc) != Spent::No;
+                        // A refund of 0 bytes is granted even over the hold (it moves nothing).
+                        let want = size == 0 || credit.checked_add(size).is_some_and(|c| c <= hold);
+                        assert_eq!(
+                            got, want,
+                            "r{round} s{step} refund {size} c{credit} l{low} h{hold}"
+                        );
+                        if got {
+                            credit += size;
+                        }
+                    }
+                }
+                assert_eq!(e.credit(), credit, "r{round} s{step}");
+                assert_eq!(e.low(), low, "r{round} s{step}");
+                assert_eq!(e.hold(), hold, "r{round} s{step}");
+                assert_eq!(
+                    e.ceiling.get(),
+                    hold.saturating_sub(low),
+                    "r{round} s{step}"
+                );
+                assert!(e.above.get() <= HOLD_MAX);
+            }
+        }
+    }
 }
