@@ -5,7 +5,7 @@
 //! These tests assert behaviour only, never timings.
 
 use std::alloc::GlobalAlloc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::{mpsc, Arc, Barrier};
 
 mod common;
@@ -25,57 +25,16 @@ fn limit_holds_at_tight_budgets_with_many_threads() {
     const THREADS: usize = 8;
     for limit in [4 << 10, 64 << 10, 1 << 20] {
         let a = quiet(limit);
-        let live = AtomicUsize::new(0);
-        let refused = AtomicUsize::new(0);
-        let start = Barrier::new(THREADS);
-        std::thread::scope(|s| {
-            let threads: Vec<_> = (0..THREADS)
-                .map(|t| {
-                    let (a, live, refused, start) = (&a, &live, &refused, &start);
-                    s.spawn(move || {
-                        let mut next = xorshift(0x1234 + t as u64);
-                        let mut held: Vec<(*mut u8, usize)> = Vec::with_capacity(64);
-                        start.wait();
-                        for _ in 0..20_000 {
-                            let r = next();
-                            if held.len() == 64 || (!held.is_empty() && r.is_multiple_of(3)) {
-                                let (p, size) = held.swap_remove(r as usize % held.len());
-                                live.fetch_sub(size, SeqCst);
-                                free(a, p, size);
-                            } else {
-                                let size = 1 + (r >> 8) as usize % (limit / 16);
-                                match alloc(a, size) {
-                                    Some(p) => {
-                                        let now = live.fetch_add(size, SeqCst) + size;
-                                        assert!(now <= limit, "{now} bytes granted, limit {limit}");
-                                        held.push((p, size));
-                                    }
-                                    None => {
-                                        refused.fetch_add(1, SeqCst);
-                                    }
-                                }
-                            }
-                        }
-                        for (p, size) in held {
-                            live.fetch_sub(size, SeqCst);
-                            free(a, p, size);
-                        }
-                    })
-                })
-                .collect();
-            // Joined explicitly: that waits for the threads' exit (and their thread-local
-            // destructors, which return credit); the scope's end alone does not.
-            for t in threads {
-                t.join().unwrap();
-            }
+        let refused = churn_on_threads(&a, THREADS, 20_000, 64, 0x1234, |r| {
+            1 + (r >> 8) as usize % (limit / 16)
         });
-        assert!(refused.load(SeqCst) > 0, "limit {limit} was never reached");
+        assert!(refused > 0, "limit {limit} was never reached");
         assert!(a.peak_bytes() <= limit, "peak {} > {limit}", a.peak_bytes());
         // Every thread exited and returned its credit: the count is back to zero.
         assert_eq!(a.allocated_bytes(), 0, "limit {limit}");
         let s = a.stats();
         assert_eq!(s.allocations, s.deallocations, "limit {limit}");
-        assert!(s.refusals >= refused.load(SeqCst) as u64);
+        assert!(s.refusals >= refused as u64);
     }
 }
 

@@ -6,8 +6,7 @@
 //! These tests assert behaviour only, never timings.
 
 use std::alloc::GlobalAlloc;
-use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
-use std::sync::{mpsc, Arc, Barrier};
+use std::sync::{mpsc, Arc};
 
 mod common;
 use common::*;
@@ -105,64 +104,23 @@ fn large_blocks_hold_the_limit_on_many_threads() {
     const THREADS: usize = 8;
     for limit in [3 << 19, 3 << 20, 6 << 20] {
         let a = quiet(limit);
-        let live = AtomicUsize::new(0);
-        let refused = AtomicUsize::new(0);
-        let start = Barrier::new(THREADS);
-        std::thread::scope(|s| {
-            let threads: Vec<_> = (0..THREADS)
-                .map(|t| {
-                    let (a, live, refused, start) = (&a, &live, &refused, &start);
-                    s.spawn(move || {
-                        let mut next = xorshift(0x1a4e + t as u64);
-                        let mut held: Vec<(*mut u8, usize)> = Vec::with_capacity(8);
-                        start.wait();
-                        for _ in 0..4000 {
-                            let r = next();
-                            if held.len() == 8 || (!held.is_empty() && r.is_multiple_of(3)) {
-                                let (p, size) = held.swap_remove(r as usize % held.len());
-                                live.fetch_sub(size, SeqCst);
-                                free(a, p, size);
-                            } else {
-                                // Mostly above 256 KiB, some small ones to keep credit.
-                                let size = if r.is_multiple_of(4) {
-                                    1 + (r >> 8) as usize % 4096
-                                } else {
-                                    (200 << 10) + (r >> 8) as usize % (900 << 10)
-                                };
-                                match alloc(a, size) {
-                                    Some(p) => {
-                                        let now = live.fetch_add(size, SeqCst) + size;
-                                        assert!(now <= limit, "{now} bytes granted, limit {limit}");
-                                        held.push((p, size));
-                                    }
-                                    None => {
-                                        refused.fetch_add(1, SeqCst);
-                                    }
-                                }
-                            }
-                        }
-                        for (p, size) in held {
-                            live.fetch_sub(size, SeqCst);
-                            free(a, p, size);
-                        }
-                    })
-                })
-                .collect();
-            // Joined explicitly: that waits for the threads' exit (and their thread-local
-            // destructors, which return credit); the scope's end alone does not.
-            for t in threads {
-                t.join().unwrap();
+        let refused = churn_on_threads(&a, THREADS, 4000, 8, 0x1a4e, |r| {
+            // Mostly above 256 KiB, some small ones to keep credit.
+            if r.is_multiple_of(4) {
+                1 + (r >> 8) as usize % 4096
+            } else {
+                (200 << 10) + (r >> 8) as usize % (900 << 10)
             }
         });
         // One thread alone reaches the two tighter budgets (8 blocks of ~650 KiB).
         if limit <= 3 << 20 {
-            assert!(refused.load(SeqCst) > 0, "limit {limit} was never reached");
+            assert!(refused > 0, "limit {limit} was never reached");
         }
         assert!(a.peak_bytes() <= limit, "peak {} > {limit}", a.peak_bytes());
         assert_eq!(a.allocated_bytes(), 0, "limit {limit}");
         let s = a.stats();
         assert_eq!(s.allocations, s.deallocations, "limit {limit}");
-        assert!(s.refusals >= refused.load(SeqCst) as u64);
+        assert!(s.refusals >= refused as u64);
     }
 }
 

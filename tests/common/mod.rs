@@ -4,6 +4,8 @@
 
 use limited_allocator::LimitedAllocator;
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::Barrier;
 
 /// A byte layout of `size` with 8-byte alignment.
 pub fn layout(size: usize) -> Layout {
@@ -39,4 +41,65 @@ pub fn xorshift(seed: u64) -> impl FnMut() -> u64 {
         s ^= s << 17;
         s
     }
+}
+
+/// Runs `threads` threads at once that churn blocks on `a` for `rounds` steps each: free a
+/// held block (always when `max_held` are held, else one step in three), otherwise allocate
+/// `size(r)` bytes for the step's random `r`. Each thread counts a block in a shared `live`
+/// only while it holds it, so `live` never exceeds the bytes granted at that moment, and
+/// asserts that it never exceeds the limit. Every block is freed and every thread joined
+/// (which waits for their thread-local destructors, which return credit; the scope's end
+/// alone does not). Returns how many allocations were refused.
+pub fn churn_on_threads(
+    a: &LimitedAllocator,
+    threads: usize,
+    rounds: usize,
+    max_held: usize,
+    seed: u64,
+    size: impl Fn(u64) -> usize + Sync,
+) -> usize {
+    let limit = a.limit();
+    let live = AtomicUsize::new(0);
+    let refused = AtomicUsize::new(0);
+    let start = Barrier::new(threads);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let (live, refused, start, size) = (&live, &refused, &start, &size);
+                s.spawn(move || {
+                    let mut next = xorshift(seed + t as u64);
+                    let mut held: Vec<(*mut u8, usize)> = Vec::with_capacity(max_held);
+                    start.wait();
+                    for _ in 0..rounds {
+                        let r = next();
+                        if held.len() == max_held || (!held.is_empty() && r.is_multiple_of(3)) {
+                            let (p, size) = held.swap_remove(r as usize % held.len());
+                            live.fetch_sub(size, SeqCst);
+                            free(a, p, size);
+                        } else {
+                            let size = size(r);
+                            match alloc(a, size) {
+                                Some(p) => {
+                                    let now = live.fetch_add(size, SeqCst) + size;
+                                    assert!(now <= limit, "{now} bytes granted, limit {limit}");
+                                    held.push((p, size));
+                                }
+                                None => {
+                                    refused.fetch_add(1, SeqCst);
+                                }
+                            }
+                        }
+                    }
+                    for (p, size) in held {
+                        live.fetch_sub(size, SeqCst);
+                        free(a, p, size);
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+    });
+    refused.load(SeqCst)
 }
