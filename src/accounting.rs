@@ -528,15 +528,7 @@ impl Core {
     /// headroom, and the credit must shrink with it to keep the slack bound.
     #[inline(always)]
     fn moved_own(&self, e: &Entry, after: usize) {
-        // `rebase`, spelled out so that it inlines and loads the peak generation once.
-        let gen = self.cold.peak_gen.load(Relaxed);
-        let candidate = e.peak_candidate();
-        if candidate > self.cold.peak.load(Relaxed) && e.peak_gen.get() == gen {
-            self.cold.peak.fetch_max(candidate, Relaxed);
-        }
-        e.base.set(after);
-        e.reset_low();
-        e.peak_gen.set(gen);
+        self.restart_window(e, after);
         // The hold: far from the limit it would be `HOLD_MAX`, and the entry's hold is at
         // most that already, so leaving it keeps the slack bound (a hold left smaller by an
         // earlier call near the limit is resized by the next general slow path). Near the
@@ -825,14 +817,23 @@ impl Core {
     /// Publishes the entry's window and opens a new one at charge `after`; resizes the
     /// entry's hold allowance to the headroom left.
     fn rebase(&self, e: &Entry, after: usize) {
+        self.restart_window(e, after);
+        self.set_hold(e, after);
+    }
+
+    /// Publishes the entry's window and opens a new one at charge `after` (what `rebase`
+    /// and the direct paths' `moved_own` share; they differ in how they resize the hold).
+    #[inline]
+    fn restart_window(&self, e: &Entry, after: usize) {
         // Only the peak: a window's peak is lost if not published when the window closes,
         // while counts keep (they are published by the count-downs, on exit, and read by
         // this thread directly), so the slow path costs no counter writes.
-        self.publish_peak(e);
+        // The generation is loaded once, for both the old window's check and the new one.
+        let gen = self.cold.peak_gen.load(Relaxed);
+        self.publish_peak_at(e, gen);
         e.base.set(after);
         e.reset_low();
-        e.peak_gen.set(self.cold.peak_gen.load(Relaxed));
-        self.set_hold(e, after);
+        e.peak_gen.set(gen);
     }
 
     /// Publishes pending counts and the window's peak candidate.
@@ -852,10 +853,14 @@ impl Core {
     /// Publishes the window's peak candidate; a plain load first, so that the common case
     /// (no new peak) writes nothing to the shared line.
     fn publish_peak(&self, e: &Entry) {
+        self.publish_peak_at(e, self.cold.peak_gen.load(Relaxed));
+    }
+
+    /// [`publish_peak`](Self::publish_peak) with the peak generation `gen` already loaded.
+    #[inline]
+    fn publish_peak_at(&self, e: &Entry, gen: usize) {
         let candidate = e.peak_candidate();
-        if candidate > self.cold.peak.load(Relaxed)
-            && e.peak_gen.get() == self.cold.peak_gen.load(Relaxed)
-        {
+        if candidate > self.cold.peak.load(Relaxed) && e.peak_gen.get() == gen {
             self.cold.peak.fetch_max(candidate, Relaxed);
         }
     }
