@@ -21,8 +21,10 @@ const ROOM: usize = 4 << 20;
 static LIVE: AtomicUsize = AtomicUsize::new(0);
 static REFUSED: AtomicUsize = AtomicUsize::new(0);
 
-fn work(seed: u64, base: usize) {
-    let mut held: Vec<Vec<u8>> = Vec::with_capacity(64);
+/// Churns blocks, holding at most `held.capacity()` of them. `held` is allocated by the
+/// caller before the limit is set: this must allocate only through fallible APIs, or a
+/// refusal aborts the process.
+fn work(seed: u64, base: usize, held: &mut Vec<Vec<u8>>) {
     let mut s = seed | 1;
     let mut next = move || {
         s ^= s << 13;
@@ -74,10 +76,11 @@ fn tight_global_limit_holds_under_threads() {
                     // Register the thread's exit hook (its first slow path) and hand its
                     // credit back, so that the base read below counts only live bytes.
                     drop(vec![0u8; 64]);
+                    let mut held: Vec<Vec<u8>> = Vec::with_capacity(64);
                     ALLOC.release_thread_credit();
                     ready.wait();
                     go.wait(); // the main thread has read the base and set the limit
-                    work(t as u64 + 1, base.load(SeqCst));
+                    work(t as u64 + 1, base.load(SeqCst), &mut held);
                     done.wait();
                 })
             })
