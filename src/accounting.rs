@@ -8,7 +8,10 @@
 //! Credit is taken in batches of at most [`MAX_BATCH`] and at most 1/[`HEADROOM_SHARE`] of
 //! the headroom left, so batches shrink to nothing (exact per-call accounting) as the budget
 //! fills. A thread keeps at most [`HOLD_MAX`], and at most 1/[`HOLD_SHARE`] of the headroom,
-//! of freed bytes as credit; past that it hands back all but half the allowance. When a
+//! of freed bytes as credit; past that it hands back all but half the allowance. Every hold
+//! comes from one pool per instance capped at `limit / CREDIT_SHARE`, and a thread's credit
+//! never passes its hold between calls, so all credit together is bounded whatever the
+//! number of threads (see [`CREDIT_SHARE`]). When a
 //! request is refused, the instance's credit epoch is advanced, which makes every thread
 //! hand its credit back on its next call.
 //!
@@ -22,8 +25,9 @@
 //!
 //! What "exact" means here: read on one thread, `allocated_bytes()` is `charged` minus that
 //! thread's own credit, which is exactly the live bytes when no other thread holds credit.
-//! Credit held by other live threads (at most `HOLD_MAX` each) reads as usage until they
-//! return it; a thread's exit returns it through the [`registry`] mailbox.
+//! Credit held by other live threads (at most `HOLD_MAX` each, `limit / CREDIT_SHARE` in all)
+//! reads as usage until they return it; a thread's exit returns it through the [`registry`]
+//! mailbox.
 
 use crate::registry::{self, Post, CACHED_SLOTS, SLOTS};
 use crate::reservation::ReservationState;
