@@ -1288,6 +1288,12 @@ impl Core {
 
     pub(crate) fn reset_peak(&self) {
         let gen = self.cold.peak_gen.fetch_add(1, AcqRel) + 1;
+        // Peaks that exiting threads posted (or are posting) from earlier windows are
+        // discarded, and later posts of them refused, before the peak restarts here.
+        let t = self.token();
+        if token::slot(t) < SLOTS {
+            registry::reset_peak(token::slot(t), token::id(t), gen);
+        }
         let current = self.allocated_bytes();
         self.cold.peak.store(current, Relaxed);
         let _ = self.own_entry(|e| {

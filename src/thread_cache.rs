@@ -594,6 +594,7 @@ impl Drop for ExitGuard {
                     deallocs,
                     reallocs,
                     peak: entry.peak_candidate(),
+                    peak_gen: entry.peak_gen.get(),
                     hold: entry.hold(),
                     ..Post::default()
                 };
