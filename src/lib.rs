@@ -65,7 +65,7 @@ pub use chunking::{
 };
 pub use config::{limit_from_env, limit_from_var, ConfigError, LIMIT_ENV_VAR};
 pub use error::LimitExceeded;
-pub use leak::{LeakConfig, LeakMetric, LeakSuspected, Trend, TrendDetector};
+pub use leak::{LeakConfig, LeakConfigError, LeakMetric, LeakSuspected, Trend, TrendDetector};
 #[cfg(feature = "prometheus")]
 pub use metrics::PrometheusCollector;
 pub use metrics::{AllocatorSnapshot, LevelSnapshot, Snapshot};
