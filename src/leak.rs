@@ -199,6 +199,8 @@ pub struct Trend {
     pub rising_segments: usize,
     /// Whether the newest segment rises.
     pub newest_rising: bool,
+    /// The Theil–Sen slope of the newer half of the horizon, bytes per second.
+    pub recent_bytes_per_sec: f64,
     /// The envelope's newest point.
     pub floor_bytes: u64,
     /// Envelope points tested (buckets without samples are left out).
@@ -644,7 +646,8 @@ impl TrendDetector {
         let suspected = trend.confidence >= self.config.min_confidence
             && trend.bytes_per_sec >= floor
             && trend.rising_segments >= SEGMENTS - 1
-            && trend.newest_rising;
+            && trend.newest_rising
+            && trend.recent_bytes_per_sec >= trend.bytes_per_sec / 2.0;
         if self.raised {
             if self.stopped() {
                 self.raised = false;
@@ -706,7 +709,10 @@ impl TrendDetector {
             0.0
         };
         let n = pts.len() as f64;
-        let half = self.config.min_bytes_per_sec / 2.0;
+        // A segment rises at half the floor, and at a quarter of the horizon's slope: the
+        // tail of a warm-up that levels off rises, but ever slower.
+        let half = (self.config.min_bytes_per_sec / 4.0).max(slope / 5.0);
+        let recent = theil_sen(&pts[pts.len() / 2..], &mut self.slopes).unwrap_or(0.0) / bucket;
         for seg in 0..SEGMENTS {
             let (from, to) = segment_bounds(pts.len(), seg);
             self.rising[seg] =
@@ -723,6 +729,7 @@ impl TrendDetector {
             },
             rising_segments: self.rising.iter().filter(|&&r| r).count(),
             newest_rising: self.rising[SEGMENTS - 1],
+            recent_bytes_per_sec: recent,
             floor_bytes: pts.last().map_or(0, |p| p.1 as u64),
             points: pts.len(),
         }
