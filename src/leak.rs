@@ -29,8 +29,8 @@
 //! confidence (one-sided, `1 - p`) is at least [`LeakConfig::min_confidence`]; the
 //! Theil–Sen slope over the horizon is at least [`LeakConfig::min_bytes_per_sec`]; at least
 //! `SEGMENTS - 1` segments rise, the newest among them. It is raised once per episode
-//! ([`LeakSuspected`]) and re-armed when the growth stops: when the two newest segments
-//! no longer rise.
+//! ([`LeakSuspected`]) and re-armed when the growth stops: when the newer half of the
+//! horizon rises at less than a quarter of the floor.
 //!
 //! Everything is computed from the samples' own timestamps, never the wall clock, so a
 //! recorded or synthetic series can be fed as fast as it can be read. The pairwise
@@ -678,9 +678,12 @@ impl TrendDetector {
         Duration::try_from_secs_f64(left / slope).unwrap_or(Duration::MAX)
     }
 
-    /// Whether the growth stopped: the two newest segments no longer rise.
+    /// Whether the growth stopped: the newer half of the horizon rises at less than a
+    /// quarter of the floor. A half, not a segment: memory that grows in steps (RSS, as the
+    /// heap is extended) has flat segments within one episode.
     fn stopped(&self) -> bool {
-        !self.rising[SEGMENTS - 2] && !self.rising[SEGMENTS - 1]
+        self.trend
+            .is_some_and(|t| t.recent_bytes_per_sec < self.config.min_bytes_per_sec / 4.0)
     }
 
     /// The envelope of the ring: point `i` is the minimum of buckets `i..i + w` (oldest
