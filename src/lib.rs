@@ -61,7 +61,8 @@ pub use cgroup::{read_cgroup_memory, CgroupMemory, CgroupVersion};
 #[cfg(feature = "arrow")]
 pub use chunking::SliceRows;
 pub use chunking::{
-    process_in_chunks, AdaptiveChunker, ChunkConfig, ChunkError, ChunkReport, LevelTime,
+    process_in_chunks, AdaptiveChunker, ChunkConfig, ChunkError, ChunkReport, Headroom, LevelTime,
+    PressureSource,
 };
 pub use config::{limit_from_env, limit_from_var, ConfigError, LIMIT_ENV_VAR};
 pub use error::LimitExceeded;
