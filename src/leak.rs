@@ -52,7 +52,7 @@ const SEGMENTS: usize = LeakConfig::SEGMENTS;
 /// Which series a trend is about.
 ///
 /// ```
-/// use limited_allocator::LeakMetric;
+/// use limited_allocator::leak::LeakMetric;
 /// assert_eq!(LeakMetric::Rss.as_str(), "rss");
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -69,7 +69,7 @@ impl LeakMetric {
     /// A short lower-case name (`"allocated_bytes"`, `"rss"`), as used in metric labels.
     ///
     /// ```
-    /// assert_eq!(limited_allocator::LeakMetric::AllocatedBytes.as_str(), "allocated_bytes");
+    /// assert_eq!(limited_allocator::leak::LeakMetric::AllocatedBytes.as_str(), "allocated_bytes");
     /// ```
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -90,7 +90,7 @@ impl fmt::Display for LeakMetric {
 /// `time_to_limit`.
 ///
 /// ```
-/// use limited_allocator::{LeakMetric, LeakSuspected};
+/// use limited_allocator::leak::{LeakMetric, LeakSuspected};
 /// use std::time::Duration;
 /// let event = LeakSuspected {
 ///     metric: LeakMetric::Rss,
@@ -171,7 +171,7 @@ impl fmt::Display for HumanDuration {
 /// The detector's latest verdict on the envelope (computed once per closed bucket).
 ///
 /// ```
-/// use limited_allocator::{LeakConfig, LeakMetric, TrendDetector};
+/// use limited_allocator::leak::{LeakConfig, LeakMetric, TrendDetector};
 /// use std::time::Duration;
 /// let config = LeakConfig::fast(Duration::from_secs(1));
 /// let mut d = TrendDetector::new(LeakMetric::Rss, config)?;
@@ -182,7 +182,7 @@ impl fmt::Display for HumanDuration {
 /// assert!((trend.bytes_per_sec - 10_000.0).abs() < 1e-6);
 /// assert!(trend.confidence > 0.999);
 /// assert_eq!(trend.rising_segments, 4);
-/// # Ok::<(), limited_allocator::LeakConfigError>(())
+/// # Ok::<(), limited_allocator::leak::LeakConfigError>(())
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
@@ -213,7 +213,7 @@ pub struct Trend {
 /// `docs/monitoring.md` for the false-alarm and detection rates they give.
 ///
 /// ```
-/// use limited_allocator::LeakConfig;
+/// use limited_allocator::leak::LeakConfig;
 /// use std::time::Duration;
 /// let config = LeakConfig::default();
 /// assert_eq!(config.horizon, Duration::from_secs(2 * 3600));
@@ -263,7 +263,7 @@ impl LeakConfig {
     /// at the default; set it for the scale of the job.
     ///
     /// ```
-    /// use limited_allocator::LeakConfig;
+    /// use limited_allocator::leak::LeakConfig;
     /// use std::time::Duration;
     /// let c = LeakConfig::fast(Duration::from_millis(100));
     /// assert_eq!(c.horizon, Duration::from_millis(2400));
@@ -281,7 +281,7 @@ impl LeakConfig {
     /// Buckets in the horizon (rounded down), 0 when the bucket is zero.
     ///
     /// ```
-    /// assert_eq!(limited_allocator::LeakConfig::default().buckets(), 24);
+    /// assert_eq!(limited_allocator::leak::LeakConfig::default().buckets(), 24);
     /// ```
     pub fn buckets(&self) -> usize {
         ratio(self.horizon, self.bucket, false)
@@ -290,7 +290,7 @@ impl LeakConfig {
     /// Buckets in the envelope window (rounded up, at least 1).
     ///
     /// ```
-    /// assert_eq!(limited_allocator::LeakConfig::default().envelope_buckets(), 6);
+    /// assert_eq!(limited_allocator::leak::LeakConfig::default().envelope_buckets(), 6);
     /// ```
     pub fn envelope_buckets(&self) -> usize {
         ratio(self.envelope, self.bucket, true).max(1)
@@ -301,7 +301,7 @@ impl LeakConfig {
     /// outside `(0.5, 1)`.
     ///
     /// ```
-    /// use limited_allocator::{LeakConfig, LeakConfigError};
+    /// use limited_allocator::leak::{LeakConfig, LeakConfigError};
     /// use std::time::Duration;
     /// let c = LeakConfig { bucket: Duration::from_secs(3600), ..LeakConfig::default() };
     /// assert_eq!(
@@ -354,7 +354,7 @@ fn ratio(a: Duration, b: Duration, round_up: bool) -> usize {
 /// A [`LeakConfig`] that cannot work.
 ///
 /// ```
-/// use limited_allocator::{LeakConfig, LeakConfigError};
+/// use limited_allocator::leak::{LeakConfig, LeakConfigError};
 /// let c = LeakConfig { min_confidence: 1.5, ..LeakConfig::default() };
 /// assert_eq!(
 ///     c.validate().unwrap_err().to_string(),
@@ -420,7 +420,7 @@ struct OpenBucket {
 /// [`LeakSuspected`] per episode.
 ///
 /// ```
-/// use limited_allocator::{LeakConfig, LeakMetric, TrendDetector};
+/// use limited_allocator::leak::{LeakConfig, LeakMetric, TrendDetector};
 /// use std::time::Duration;
 ///
 /// // Seconds for buckets: the horizon is 24 s, the envelope 6 s.
@@ -438,7 +438,7 @@ struct OpenBucket {
 /// assert_eq!(events.len(), 1);
 /// assert!((events[0].bytes_per_sec - 2048.0).abs() < 100.0, "{}", events[0]);
 /// assert!(events[0].time_to_limit.is_some());
-/// # Ok::<(), limited_allocator::LeakConfigError>(())
+/// # Ok::<(), limited_allocator::leak::LeakConfigError>(())
 /// ```
 #[derive(Debug, Clone)]
 pub struct TrendDetector {
@@ -471,10 +471,10 @@ impl TrendDetector {
     /// An empty detector for `metric`; fails on a bad `config`.
     ///
     /// ```
-    /// use limited_allocator::{LeakConfig, LeakMetric, TrendDetector};
+    /// use limited_allocator::leak::{LeakConfig, LeakMetric, TrendDetector};
     /// let d = TrendDetector::new(LeakMetric::Rss, LeakConfig::default())?;
     /// assert!(d.trend().is_none());
-    /// # Ok::<(), limited_allocator::LeakConfigError>(())
+    /// # Ok::<(), limited_allocator::leak::LeakConfigError>(())
     /// ```
     pub fn new(metric: LeakMetric, config: LeakConfig) -> Result<Self, LeakConfigError> {
         config.validate()?;
@@ -501,10 +501,10 @@ impl TrendDetector {
     /// The configuration.
     ///
     /// ```
-    /// use limited_allocator::{LeakConfig, LeakMetric, TrendDetector};
+    /// use limited_allocator::leak::{LeakConfig, LeakMetric, TrendDetector};
     /// let d = TrendDetector::new(LeakMetric::Rss, LeakConfig::default())?;
     /// assert_eq!(d.config().buckets(), 24);
-    /// # Ok::<(), limited_allocator::LeakConfigError>(())
+    /// # Ok::<(), limited_allocator::leak::LeakConfigError>(())
     /// ```
     pub fn config(&self) -> &LeakConfig {
         &self.config
@@ -517,11 +517,11 @@ impl TrendDetector {
     /// samples longer than the whole history starts the history afresh.
     ///
     /// ```
-    /// use limited_allocator::{LeakConfig, LeakMetric, TrendDetector};
+    /// use limited_allocator::leak::{LeakConfig, LeakMetric, TrendDetector};
     /// use std::time::Duration;
     /// let mut d = TrendDetector::new(LeakMetric::Rss, LeakConfig::default())?;
     /// assert!(d.observe(Duration::from_secs(1), 100, None).is_none());
-    /// # Ok::<(), limited_allocator::LeakConfigError>(())
+    /// # Ok::<(), limited_allocator::leak::LeakConfigError>(())
     /// ```
     pub fn observe(
         &mut self,
@@ -557,10 +557,10 @@ impl TrendDetector {
     /// Whether a leak is suspected now (raised and not yet re-armed).
     ///
     /// ```
-    /// use limited_allocator::{LeakConfig, LeakMetric, TrendDetector};
+    /// use limited_allocator::leak::{LeakConfig, LeakMetric, TrendDetector};
     /// let d = TrendDetector::new(LeakMetric::Rss, LeakConfig::default())?;
     /// assert!(!d.is_suspected());
-    /// # Ok::<(), limited_allocator::LeakConfigError>(())
+    /// # Ok::<(), limited_allocator::leak::LeakConfigError>(())
     /// ```
     pub fn is_suspected(&self) -> bool {
         self.raised
@@ -569,7 +569,7 @@ impl TrendDetector {
     /// The latest verdict, once the history covers the horizon and its envelope.
     ///
     /// ```
-    /// use limited_allocator::{LeakConfig, LeakMetric, TrendDetector};
+    /// use limited_allocator::leak::{LeakConfig, LeakMetric, TrendDetector};
     /// use std::time::Duration;
     /// let mut d = TrendDetector::new(LeakMetric::Rss, LeakConfig::fast(Duration::from_secs(1)))?;
     /// for s in 0..=40u64 {
@@ -577,7 +577,7 @@ impl TrendDetector {
     /// }
     /// let flat = d.trend().unwrap();
     /// assert_eq!((flat.bytes_per_sec, flat.z, flat.rising_segments), (0.0, 0.0, 0));
-    /// # Ok::<(), limited_allocator::LeakConfigError>(())
+    /// # Ok::<(), limited_allocator::leak::LeakConfigError>(())
     /// ```
     pub fn trend(&self) -> Option<Trend> {
         self.trend
@@ -587,10 +587,10 @@ impl TrendDetector {
     /// the end of each point's window. For plots and diagnostics.
     ///
     /// ```
-    /// use limited_allocator::{LeakConfig, LeakMetric, TrendDetector};
+    /// use limited_allocator::leak::{LeakConfig, LeakMetric, TrendDetector};
     /// let d = TrendDetector::new(LeakMetric::Rss, LeakConfig::default())?;
     /// assert!(d.envelope().is_empty());
-    /// # Ok::<(), limited_allocator::LeakConfigError>(())
+    /// # Ok::<(), limited_allocator::leak::LeakConfigError>(())
     /// ```
     pub fn envelope(&self) -> Vec<(f64, u64)> {
         let Some(open) = self.open.filter(|_| self.trend.is_some()) else {

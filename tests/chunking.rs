@@ -1,8 +1,7 @@
 //! Adaptive chunked processing: chunk sizes follow the pressure of a standalone budget.
 
-use limited_allocator::{
-    process_in_chunks, AdaptiveChunker, ChunkConfig, ChunkError, PressureLevel,
-};
+use limited_allocator::chunking::{process_in_chunks, AdaptiveChunker, ChunkConfig, ChunkError};
+use limited_allocator::PressureLevel;
 use std::cell::{Cell, RefCell};
 
 mod common;
@@ -240,7 +239,7 @@ fn an_empty_table_has_no_chunks() {
 #[test]
 fn arrow_buffers_slice_by_chunk() {
     use arrow_buffer::{BooleanBuffer, NullBuffer, OffsetBuffer, ScalarBuffer};
-    use limited_allocator::SliceRows;
+    use limited_allocator::chunking::SliceRows;
 
     let budget = quiet(1 << 20);
     let values = ScalarBuffer::from((0..1000i64).collect::<Vec<_>>());
@@ -294,7 +293,8 @@ impl Drop for FakeProc {
 /// combined level shrinks its chunks, one steered by the allocator alone does not.
 #[test]
 fn chunks_follow_a_monitor_when_only_rss_rises() {
-    use limited_allocator::{MemoryMonitor, Sampler};
+    use limited_allocator::monitor::MemoryMonitor;
+    use limited_allocator::sampler::Sampler;
     use std::time::Duration;
     let proc = FakeProc::new("chunking-rss");
     proc.set_rss(100 << 20);
@@ -314,7 +314,7 @@ fn chunks_follow_a_monitor_when_only_rss_rises() {
 
     // RSS climbs 150 MiB per chunk towards the 1 GiB process limit; the allocator's own
     // bytes stay where they are.
-    let run = |source: &dyn limited_allocator::PressureSource| {
+    let run = |source: &dyn limited_allocator::chunking::PressureSource| {
         let mut rss = 100u64 << 20;
         proc.set_rss(rss);
         monitor.sample_now();

@@ -8,7 +8,7 @@
 //! quotes the table. With feature `timeline` and `LEAK_SVG=path`, the picture of one
 //! leaking and one healthy series is written there (docs/leak-detection.svg).
 
-use limited_allocator::{LeakConfig, LeakMetric, LeakSuspected, TrendDetector};
+use limited_allocator::leak::{LeakConfig, LeakMetric, LeakSuspected, TrendDetector};
 use std::time::Duration;
 
 const MIB: f64 = (1u64 << 20) as f64;

@@ -5,7 +5,9 @@
 //! a horizon of 2.4 s) so the child runs five seconds; each child has a timeout.
 
 use allocator_tests::{child_role, run_child_within};
-use limited_allocator::{LeakConfig, LimitedAllocator, MemoryMonitor, MonitorEvent};
+use limited_allocator::leak::LeakConfig;
+use limited_allocator::monitor::{MemoryMonitor, MonitorEvent};
+use limited_allocator::LimitedAllocator;
 use std::alloc::System;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -46,6 +48,7 @@ fn child(bounded: bool) {
     let mut cache: VecDeque<Vec<u8>> = VecDeque::new();
     let mut inserted = 0usize;
     let mut batch: Vec<Vec<u8>> = Vec::new();
+    let mut batch_started = Instant::now();
     while started.elapsed() < RUN {
         // The cache's inserts follow the clock, so the rate holds however fast the loop is.
         let due = (started.elapsed().as_secs_f64() * LEAK_PER_SEC as f64) as usize / ENTRY;
@@ -56,10 +59,15 @@ fn child(bounded: bool) {
                 cache.pop_front();
             }
         }
-        // The batch: 64 KiB blocks up to 32 MiB, then all freed.
-        batch.push(vec![1u8; 64 << 10]);
-        if batch.len() == 512 {
+        // The batch: 64 KiB blocks (up to 32 MiB) for 200 ms, then all freed. Its period
+        // follows the clock, so it stays shorter than the envelope (600 ms) on a busy
+        // machine too.
+        if batch.len() < 512 {
+            batch.push(vec![1u8; 64 << 10]);
+        }
+        if batch_started.elapsed() > Duration::from_millis(200) {
             batch.clear();
+            batch_started = Instant::now();
         }
         std::thread::sleep(Duration::from_micros(200));
     }
