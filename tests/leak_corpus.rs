@@ -297,3 +297,174 @@ fn false_alarms_under_5_percent_and_detection_over_95_percent() {
     assert!((0.8..1.2).contains(&ratio), "slope found / true: {ratio}");
     assert!(tp > 0.95, "detection rate {:.1}%", tp * 100.0);
 }
+
+/// A series run through the default detector: the series (every 10th sample), its lower
+/// envelope as the detector defines it (the minimum of the last 30 min of 5-min bucket
+/// minima, drawn for the whole run; the detector keeps only its horizon), and the moment
+/// of the first alert.
+#[cfg(feature = "timeline")]
+struct Trace {
+    series: Vec<(f64, f64)>,
+    envelope: Vec<(f64, f64)>,
+    alert: Option<(f64, LeakSuspected)>,
+}
+
+#[cfg(feature = "timeline")]
+fn trace(case: &Case) -> Trace {
+    let hours = |t: f64| t / 3600.0;
+    let mut d = TrendDetector::new(LeakMetric::Rss, LeakConfig::default()).unwrap();
+    // The minimum of each 5-min bucket, in MiB.
+    let mut mins: Vec<f64> = Vec::new();
+    let mins_push = |mins: &mut Vec<f64>, t: usize, v: u64| {
+        let v = v as f64 / MIB;
+        match mins.get_mut(t / 300) {
+            Some(m) => *m = m.min(v),
+            None => mins.push(v),
+        }
+    };
+    // The envelope point ending with closed bucket `n - 1`: the min of the last 6.
+    let envelope_at = |mins: &[f64], n: usize| {
+        mins[n.saturating_sub(6)..n]
+            .iter()
+            .copied()
+            .fold(f64::MAX, f64::min)
+    };
+    let mut out = Trace {
+        series: Vec::new(),
+        envelope: Vec::new(),
+        alert: None,
+    };
+    for (t, &v) in case.series().iter().enumerate() {
+        let event = d.observe(Duration::from_secs(t as u64), v, Some(4 << 30));
+        if out.alert.is_none() {
+            out.alert = event.map(|e| (hours(t as f64), e));
+        }
+        if t % 10 == 0 {
+            out.series.push((hours(t as f64), v as f64 / MIB));
+        }
+        // At every bucket close, the same point the detector computes.
+        if t % 300 == 0 && d.trend().is_some() {
+            let &(x, y) = d.envelope().last().unwrap();
+            assert!((x - t as f64).abs() <= 300.0, "{x} at {t}");
+            assert_eq!(y as f64 / MIB, envelope_at(&mins, mins.len()));
+        }
+        mins_push(&mut mins, t, v);
+        if t % 300 == 299 {
+            out.envelope
+                .push((hours(t as f64 + 1.0), envelope_at(&mins, mins.len())));
+        }
+    }
+    out
+}
+
+/// The picture in docs/monitoring.md: one leaking and one healthy series of the corpus,
+/// with the lower envelope the detector tests and the moment of the alert. Written to
+/// `$LEAK_SVG` when set; always drawn and checked.
+#[cfg(feature = "timeline")]
+#[test]
+fn picture_of_a_leaking_and_a_healthy_series() {
+    use plotters::prelude::*;
+    let leaking = Case {
+        kind: Kind::Sawtooth,
+        leak: 4.0 * KIB,
+        seed: 7,
+    };
+    let healthy = Case {
+        kind: Kind::WarmUp,
+        leak: 0.0,
+        seed: 3,
+    };
+    let traces = [(leaking, trace(&leaking)), (healthy, trace(&healthy))];
+    assert!(traces[0].1.alert.is_some(), "the leak is found");
+    assert!(
+        traces[1].1.alert.is_none(),
+        "the healthy series is not flagged"
+    );
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (1000, 760)).into_drawing_area();
+        root.fill(&WHITE).unwrap();
+        for (area, (case, t)) in root.split_evenly((2, 1)).iter().zip(&traces) {
+            let y_min = t.series.iter().map(|p| p.1).fold(f64::MAX, f64::min) * 0.95;
+            let y_max = t.series.iter().map(|p| p.1).fold(0.0, f64::max) * 1.05;
+            let title = if case.leak > 0.0 {
+                format!(
+                    "{:?} with a leak of {:.0} KiB/s",
+                    case.kind,
+                    case.leak / KIB
+                )
+            } else {
+                format!("{:?}, healthy (a cache warms up, then stays)", case.kind)
+            };
+            let mut chart = ChartBuilder::on(area)
+                .caption(title, ("sans-serif", 18))
+                .margin(10)
+                .x_label_area_size(32)
+                .y_label_area_size(56)
+                .build_cartesian_2d(0.0..4.0, y_min..y_max)
+                .unwrap();
+            chart
+                .configure_mesh()
+                .x_desc("hours")
+                .y_desc("MiB")
+                .light_line_style(WHITE.mix(0.0))
+                .draw()
+                .unwrap();
+            let grey = RGBColor(150, 150, 150);
+            chart
+                .draw_series(LineSeries::new(
+                    t.series.iter().copied(),
+                    grey.stroke_width(1),
+                ))
+                .unwrap()
+                .label("memory (every 10th sample)")
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], grey));
+            let blue = RGBColor(31, 119, 180);
+            chart
+                .draw_series(LineSeries::new(
+                    t.envelope.iter().copied(),
+                    blue.stroke_width(3),
+                ))
+                .unwrap()
+                .label("lower envelope (30-min floor of 5-min minima)")
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 18, y)], blue.stroke_width(3))
+                });
+            if let Some((at, e)) = &t.alert {
+                let red = RGBColor(200, 0, 0);
+                chart
+                    .draw_series(std::iter::once(PathElement::new(
+                        vec![(*at, y_min), (*at, y_max)],
+                        red.stroke_width(2),
+                    )))
+                    .unwrap()
+                    .label(format!(
+                        "leak suspected at {:.2} h: {:.1} KiB/s, confidence {:.2}%",
+                        at,
+                        e.bytes_per_sec / KIB,
+                        e.confidence * 100.0
+                    ))
+                    .legend(move |(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 18, y)], red.stroke_width(2))
+                    });
+            }
+            chart
+                .configure_series_labels()
+                .background_style(WHITE.mix(0.85))
+                .border_style(BLACK)
+                .position(SeriesLabelPosition::UpperLeft)
+                .draw()
+                .unwrap();
+        }
+        root.present().unwrap();
+    }
+    assert!(svg.starts_with("<svg"));
+    assert_eq!(
+        svg.matches("leak suspected at").count(),
+        1,
+        "one alert, on the leak"
+    );
+    if let Ok(path) = std::env::var("LEAK_SVG") {
+        std::fs::write(path, &svg).unwrap();
+    }
+}
