@@ -714,7 +714,7 @@ impl TrendDetector {
         let n = pts.len() as f64;
         // A segment rises at half the floor, and at a quarter of the horizon's slope: the
         // tail of a warm-up that levels off rises, but ever slower.
-        let half = (self.config.min_bytes_per_sec / 4.0).max(slope / 5.0);
+        let half = (self.config.min_bytes_per_sec / 2.0).max(slope / 4.0);
         let recent = theil_sen(&pts[pts.len() / 2..], &mut self.slopes).unwrap_or(0.0) / bucket;
         for seg in 0..SEGMENTS {
             let (from, to) = segment_bounds(pts.len(), seg);
