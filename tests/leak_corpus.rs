@@ -76,6 +76,9 @@ const KINDS: [Kind; 6] = [
     Kind::RandomWalk,
 ];
 
+/// The healthy part of a series: its value at a time (seconds), drawing noise as it goes.
+type Shape = Box<dyn FnMut(f64, &mut Rng) -> f64>;
+
 /// One series of the corpus: its kind, its leak (bytes per second, 0 for healthy) and the
 /// seed of everything else.
 #[derive(Debug, Clone, Copy)]
@@ -100,7 +103,7 @@ impl Case {
     }
 
     /// The healthy part as a function of time (seconds), drawing noise from `rng`.
-    fn shape(&self, rng: &mut Rng) -> Box<dyn FnMut(f64, &mut Rng) -> f64> {
+    fn shape(&self, rng: &mut Rng) -> Shape {
         match self.kind {
             Kind::Sawtooth => {
                 let period = rng.log_range(5.0, 25.0 * 60.0);
