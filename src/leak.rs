@@ -930,6 +930,24 @@ mod tests {
     }
 
     #[test]
+    fn memory_stays_what_was_reserved_at_construction() {
+        let c = LeakConfig::default();
+        let mut d = TrendDetector::new(LeakMetric::Rss, c).unwrap();
+        let (ring, env, pairs) = (d.mins.len(), d.envelope.capacity(), d.slopes.capacity());
+        assert_eq!((ring, pairs), (24 + 6 - 1, 24 * 23 / 2));
+        // Ten hours at 10 samples a second, with a gap now and then.
+        for i in 0..360_000u64 {
+            let at = Duration::from_millis(100 * i + (i / 50_000) * 600_000);
+            d.observe(at, (i % 977) << 12, None);
+        }
+        assert!(d.trend().is_some());
+        assert_eq!(
+            (d.mins.len(), d.envelope.capacity(), d.slopes.capacity()),
+            (ring, env, pairs)
+        );
+    }
+
+    #[test]
     fn a_long_gap_starts_the_history_afresh() {
         let mut d = TrendDetector::new(LeakMetric::Rss, config()).unwrap();
         for s in 0..40u64 {
