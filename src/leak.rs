@@ -20,17 +20,22 @@
 //!    Both are rank statistics: one outlier or one burst moves them by one pair of many,
 //!    where a least-squares line and its R² are dragged along (the R² of a leak under a
 //!    sawtooth is near zero although its floor rises steadily).
-//! 4. **Persistence.** The horizon is cut into [`LeakConfig::SEGMENTS`] (4) equal segments; the Theil–Sen
-//!    slope of each is taken on its own. A segment *rises* when its slope is at least half
-//!    of [`LeakConfig::min_bytes_per_sec`]. A warm-up that levels off, or a load step,
-//!    raises one segment; a leak raises them all.
+//! 4. **Persistence.** The horizon is cut into [`LeakConfig::SEGMENTS`] (4) segments; the
+//!    Theil–Sen slope of each is taken on its own. A segment *rises* when its slope is at
+//!    least half of [`LeakConfig::min_bytes_per_sec`] and a quarter of the horizon's
+//!    slope. A load step raises one segment; a leak raises them all. The newer half of the
+//!    horizon must also rise at least half as fast as the whole: the tail of a warm-up
+//!    that levels off still rises, but ever slower.
 //!
-//! A leak is suspected when, at once: the history covers the horizon; the Mann–Kendall
-//! confidence (one-sided, `1 - p`) is at least [`LeakConfig::min_confidence`]; the
-//! Theil–Sen slope over the horizon is at least [`LeakConfig::min_bytes_per_sec`]; at least
-//! `SEGMENTS - 1` segments rise, the newest among them. It is raised once per episode
-//! ([`LeakSuspected`]) and re-armed when the growth stops: when the newer half of the
-//! horizon rises at less than a quarter of the floor.
+//! A leak is suspected when, at once: the history covers the horizon and its envelope; the
+//! Mann–Kendall confidence (one-sided, `1 - p`) is at least [`LeakConfig::min_confidence`];
+//! the Theil–Sen slope over the horizon is at least [`LeakConfig::min_bytes_per_sec`]; at
+//! least 3 of the 4 segments rise, the newest among them; the newer half keeps pace. It is
+//! raised once per episode ([`LeakSuspected`]) and re-armed when the growth stops: when
+//! the newer half of the horizon rises at less than a quarter of the floor.
+//!
+//! Why these defaults, and the false-alarm and detection rates they give over a corpus of
+//! healthy and leaking series: `docs/monitoring.md` ("Leak trends").
 //!
 //! Everything is computed from the samples' own timestamps, never the wall clock, so a
 //! recorded or synthetic series can be fed as fast as it can be read. The pairwise
