@@ -435,6 +435,17 @@ fn picture_of_a_leaking_and_a_healthy_series() {
                 });
             if let Some((at, e)) = &t.alert {
                 let red = RGBColor(200, 0, 0);
+                let horizon = e.horizon.as_secs_f64() / 3600.0;
+                chart
+                    .draw_series(std::iter::once(Rectangle::new(
+                        [(at - horizon, y_min), (*at, y_max)],
+                        red.mix(0.06).filled(),
+                    )))
+                    .unwrap()
+                    .label("the horizon the alert tested (2 h)")
+                    .legend(move |(x, y)| {
+                        Rectangle::new([(x, y - 5), (x + 18, y + 5)], red.mix(0.15).filled())
+                    });
                 chart
                     .draw_series(std::iter::once(PathElement::new(
                         vec![(*at, y_min), (*at, y_max)],
