@@ -236,7 +236,7 @@ pub struct LeakConfig {
     /// The lower envelope's window (default 30 min, rounded up to whole buckets): cycles
     /// shorter than this leave the floor flat. At most half the horizon.
     pub envelope: Duration,
-    /// The smallest slope of the floor that counts (default 512 B/s, 1.8 MiB an hour).
+    /// The smallest slope of the floor that counts (default 1 KiB/s, 3.5 MiB an hour).
     pub min_bytes_per_sec: f64,
     /// The Mann–Kendall confidence needed, in `(0.5, 1)` (default 0.99).
     pub min_confidence: f64,
@@ -248,7 +248,7 @@ impl Default for LeakConfig {
             horizon: Duration::from_secs(2 * 3600),
             bucket: Duration::from_secs(300),
             envelope: Duration::from_secs(1800),
-            min_bytes_per_sec: 512.0,
+            min_bytes_per_sec: 1024.0,
             min_confidence: 0.99,
         }
     }
