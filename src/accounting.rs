@@ -29,6 +29,7 @@
 //! reads as usage until they return it; a thread's exit returns it through the [`registry`]
 //! mailbox.
 
+use crate::credit_pool::{self, CreditPool};
 use crate::registry::{self, Post, CACHED_SLOTS, SLOTS};
 use crate::reservation::ReservationState;
 use crate::thread_cache::{self, token, unusual, Entry, EntryAt, Op, Spent, ThreadCache};
@@ -169,7 +170,7 @@ pub(crate) struct Core {
     /// whenever a hold grows (see [`Core::grow_hold`]). Each entry's credit is at most its
     /// hold between calls, so this bounds all credit together. Written only when a hold
     /// changes (near the limit, or when the pool is short), never on the fast path.
-    credit_out: CachePadded<AtomicUsize>,
+    credit_out: CachePadded<CreditPool>,
     cold: CachePadded<Cold>,
 }
 
@@ -199,7 +200,7 @@ impl Core {
                 thresholds: AtomicU64::new(crate::PressureThresholds::DEFAULT_BITS),
             }),
             charged: CachePadded::new(AtomicUsize::new(0)),
-            credit_out: CachePadded::new(AtomicUsize::new(0)),
+            credit_out: CachePadded::new(CreditPool::new()),
             cold: CachePadded::new(Cold {
                 peak: AtomicUsize::new(0),
                 peak_gen: AtomicUsize::new(0),
@@ -652,29 +653,14 @@ impl Core {
     /// mailbox once if they do not.
     #[inline]
     fn take_from_budget(&self, need: usize, batch_cap: usize) -> Result<(usize, usize), ()> {
-        let mut retried = false;
-        let mut current = self.charged.load(Relaxed);
-        loop {
-            let headroom = self.limit().saturating_sub(current);
-            if need > headroom {
-                if !retried && self.absorb() {
-                    retried = true;
-                    current = self.charged.load(Relaxed);
-                    continue;
-                }
-                return Err(());
-            }
-            let extra = ((headroom - need) / HEADROOM_SHARE)
-                .min(MAX_BATCH)
-                .min(batch_cap);
-            let take = need + extra;
-            match self
-                .charged
-                .compare_exchange_weak(current, current + take, Relaxed, Relaxed)
-            {
-                Ok(_) => return Ok((take, current + take)),
-                Err(now) => current = now,
-            }
+        let carve = || {
+            let limit = self.limit();
+            credit_pool::carve(&self.charged, limit, need, HEADROOM_SHARE, MAX_BATCH.min(batch_cap))
+        };
+        match carve() {
+            Some(taken) => Ok(taken),
+            None if self.absorb() => carve().ok_or(()),
+            None => Err(()),
         }
     }
 
@@ -872,7 +858,7 @@ impl Core {
         // A pool over its bound (the limit was lowered since its holds were taken): every
         // thread that passes here gives back what it can towards the bound, so the busy
         // threads bring all credit back under the new bound on their next slow path.
-        let (out, bound) = (self.credit_out.load(Relaxed), self.limit() / CREDIT_SHARE);
+        let (out, bound) = (self.credit_out.load(), self.limit() / CREDIT_SHARE);
         if out > bound {
             want = want.min(old.saturating_sub(out - bound));
         }
@@ -880,7 +866,7 @@ impl Core {
         if want < old {
             e.set_hold(want);
             // After the entry stopped holding it: the pool counts every hold in full.
-            self.credit_out.fetch_sub(old - want, Relaxed);
+            self.credit_out.give(old - want);
         } else if want > old {
             let got = self.grow_hold(want - old);
             if got > 0 {
@@ -891,29 +877,9 @@ impl Core {
 
     /// Takes up to `more` bytes (whole units) of hold from the pool, without ever taking it
     /// past `limit / CREDIT_SHARE`; returns how many were taken.
-    ///
-    /// Relaxed: the pool is a bound, not a channel; nothing is read on the strength of
-    /// having taken from it. Every hold is added here before an entry may use it and
-    /// subtracted only after the entry stopped using it (each thread's changes in program
-    /// order, the counter's changes in one modification order), so its value is at least
-    /// the sum of the holds in use at every moment.
     fn grow_hold(&self, more: usize) -> usize {
-        let unit = thread_cache::HOLD_UNIT;
         let bound = self.limit() / CREDIT_SHARE;
-        let mut out = self.credit_out.load(Relaxed);
-        loop {
-            let got = more.min(bound.saturating_sub(out)) / unit * unit;
-            if got == 0 {
-                return 0;
-            }
-            match self
-                .credit_out
-                .compare_exchange_weak(out, out + got, Relaxed, Relaxed)
-            {
-                Ok(_) => return got,
-                Err(now) => out = now,
-            }
-        }
+        self.credit_out.take(bound, more, thread_cache::HOLD_UNIT)
     }
 
     /// Gives the entry's whole hold back to the pool (its credit must be 0 already): a
@@ -922,7 +888,7 @@ impl Core {
         let old = e.hold();
         if old > 0 {
             e.set_hold(0);
-            self.credit_out.fetch_sub(old, Relaxed);
+            self.credit_out.give(old);
         }
     }
 
@@ -1076,7 +1042,7 @@ impl Core {
         }
         if post.hold > 0 {
             // An exited thread's holds: its credit came back above, with `returned`.
-            self.credit_out.fetch_sub(post.hold, Relaxed);
+            self.credit_out.give(post.hold);
         }
         self.cold.allocs.fetch_add(post.allocs, Relaxed);
         self.cold.deallocs.fetch_add(post.deallocs, Relaxed);
