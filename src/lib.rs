@@ -1,32 +1,7 @@
-//! A hard, observable memory budget for a Rust process.
-//!
-//! [`LimitedAllocator`] wraps a [`GlobalAlloc`](std::alloc::GlobalAlloc) and refuses
-//! allocations past its limit (returning null, or a typed [`LimitExceeded`] from the
-//! fallible APIs) instead of letting the process be OOM-killed. It reports usage, peak and
-//! [`PressureLevel`]s, answers pre-flight checks ([`LimitedAllocator::check_can_allocate`],
-//! [`LimitedAllocator::try_reserve`]), and its limit can come from the environment
-//! ([`limit_from_env`]).
-//!
-//! ```no_run
-//! use limited_allocator::{limit_from_env, LimitedAllocator};
-//! use std::alloc::System;
-//!
-//! #[global_allocator]
-//! static ALLOC: LimitedAllocator = LimitedAllocator::new(System, LimitedAllocator::UNLIMITED);
-//!
-//! fn main() -> Result<(), Box<dyn std::error::Error>> {
-//!     ALLOC.set_limit(limit_from_env()?.unwrap_or(2 << 30));
-//!     let mut rows: Vec<u64> = Vec::new();
-//!     if rows.try_reserve(10_000_000).is_err() {
-//!         eprintln!("not enough budget: {:?}", ALLOC.stats());
-//!     }
-//!     Ok(())
-//! }
-//! ```
-//!
-//! Guides: `docs/production.md` (choosing a limit, what happens at it), `docs/performance.md`
-//! (the fast path and what it costs), `docs/arrow.md` (the Arrow pool, per-operation
-//! budgets, collections on their own budget, adaptive chunking).
+// The crate doc is the README, so its examples are compiled and run as doctests and
+// docs.rs opens on the model and the setup table.
+#![doc = include_str!("../README.md")]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(missing_docs)]
 #![warn(unsafe_op_in_unsafe_fn)]
 
