@@ -19,6 +19,11 @@ use limited_allocator::LimitedAllocator;
 use std::alloc::GlobalAlloc;
 use std::process::{Command, ExitStatus};
 
+// The tests' one pseudo-random generator, shared with the root crate's tests and benches.
+#[path = "../../tests/common/xorshift.rs"]
+mod xorshift;
+pub use xorshift::xorshift;
+
 /// The variable that tells a re-executed test binary which child role to play.
 pub const ROLE_VAR: &str = "ALLOCATOR_TESTS_CHILD_ROLE";
 

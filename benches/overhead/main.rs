@@ -24,6 +24,10 @@
 //!
 //! Run: `cargo bench --bench overhead` (a few minutes on 2 cores).
 
+// The tests' one pseudo-random generator, shared as a file.
+#[path = "../../tests/common/xorshift.rs"]
+mod xorshift;
+
 use allocator_api2::alloc::{AllocError, Allocator};
 use cap::Cap;
 use criterion::{criterion_group, BenchmarkId, Criterion, SamplingMode};
@@ -34,6 +38,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
 use std::ptr::NonNull;
 use std::time::{Duration, Instant};
+use xorshift::xorshift;
 
 // ---- the allocators ---------------------------------------------------------------------
 
@@ -228,17 +233,6 @@ unsafe impl<P: Pick> Allocator for Via<P> {
 }
 
 // ---- workloads ------------------------------------------------------------------------------
-
-/// A deterministic xorshift stream.
-fn xorshift(seed: u64) -> impl FnMut() -> u64 {
-    let mut s = seed | 1;
-    move || {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        s
-    }
-}
 
 /// 1024 small layouts, 16-256 bytes, align 8.
 fn small_layouts() -> &'static [Layout; 1024] {

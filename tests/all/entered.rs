@@ -3,8 +3,7 @@
 use limited_allocator::{LimitedAllocator, Overflow};
 use std::alloc::GlobalAlloc;
 
-mod common;
-use common::*;
+use crate::common::*;
 
 fn alloc(a: &LimitedAllocator, size: usize) -> Option<usize> {
     let p = unsafe { a.alloc(layout(size)) };

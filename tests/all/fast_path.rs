@@ -8,8 +8,7 @@ use std::alloc::GlobalAlloc;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::{mpsc, Arc, Barrier};
 
-mod common;
-use common::*;
+use crate::common::*;
 
 /// A raw pointer that may cross threads (the blocks are plain bytes).
 struct Block(*mut u8, usize);

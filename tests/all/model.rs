@@ -15,8 +15,7 @@ use proptest::prelude::*;
 use proptest::sample::Index;
 use std::alloc::{GlobalAlloc, System};
 
-mod common;
-use common::*;
+use crate::common::*;
 
 /// An operation on heap blocks, at top level or inside an entered reservation.
 #[derive(Debug, Clone)]
