@@ -3,7 +3,7 @@
 #![doc = include_str!("../README.md")]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(missing_docs)]
-#![warn(unsafe_op_in_unsafe_fn)]
+#![warn(unsafe_op_in_unsafe_fn, unreachable_pub, missing_debug_implementations)]
 
 // The budget's core: private, its public shells re-exported below.
 mod accounting;
