@@ -396,7 +396,11 @@ impl EnterStack {
 
     /// Marks frame `index` dead and removes the dead frames on top. Returns the removed
     /// frames' states (whose references the caller now owns) in `out`, and how many.
-    pub(crate) fn kill(&self, index: usize, out: &mut [*const ReservationState; MAX_ENTERED]) -> usize {
+    pub(crate) fn kill(
+        &self,
+        index: usize,
+        out: &mut [*const ReservationState; MAX_ENTERED],
+    ) -> usize {
         if let Some(frame) = self.frames.get(index) {
             let mut f = frame.get();
             f.live = false;
