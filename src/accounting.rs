@@ -128,7 +128,7 @@ struct Cold {
     inner_failures: AtomicU64,
     reserved: AtomicUsize,
     claimed: AtomicUsize,
-    /// The Arrow pool role (see `arrow_pool`): 0 undecided, else a `PoolRole` code.
+    /// The Arrow pool role (see `arrow`): 0 undecided, else a `PoolRole` code.
     pool_role: AtomicU8,
 }
 
