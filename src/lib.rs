@@ -40,3 +40,17 @@ pub use release::release_free_memory;
 pub use reservation::{EnterError, EnterGuard, Overflow, Reservation};
 pub use stats::AllocatorStats;
 pub use units::ByteSize;
+
+// The guides' code blocks are compiled and run as doctests too (never documented: the
+// guides are linked from the crate doc, not part of it).
+#[cfg(doctest)]
+mod guides {
+    #[doc = include_str!("../docs/arrow.md")]
+    struct Arrow;
+    // Its examples use the Prometheus collector and the SVG chart.
+    #[cfg(all(feature = "prometheus", feature = "timeline"))]
+    #[doc = include_str!("../docs/monitoring.md")]
+    struct Monitoring;
+    #[doc = include_str!("../docs/production.md")]
+    struct Production;
+}
