@@ -17,5 +17,6 @@ mod entered;
 mod fast_path;
 mod inner_allocator;
 mod large_blocks;
+mod leak_corpus;
 mod model;
 mod standalone;
