@@ -43,6 +43,7 @@ mod error;
 mod leak;
 mod metrics;
 mod monitor;
+mod overdraft;
 mod pressure;
 mod registry;
 mod release;

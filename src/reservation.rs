@@ -153,6 +153,16 @@ impl ReservationState {
         self.refusals.fetch_add(1, Relaxed);
     }
 
+    /// Bytes allocated through the reservation while entered, net of frees given back.
+    pub(crate) fn used(&self) -> usize {
+        self.used.load(Relaxed)
+    }
+
+    /// Charged headroom not yet spent (0 once closed).
+    pub(crate) fn headroom(&self) -> usize {
+        self.held()
+    }
+
     fn held(&self) -> usize {
         match self.held.load(Acquire) {
             CLOSED => 0,
