@@ -1007,7 +1007,9 @@ impl Core {
         self.cold.allocs.fetch_add(post.allocs, Relaxed);
         self.cold.deallocs.fetch_add(post.deallocs, Relaxed);
         self.cold.reallocs.fetch_add(post.reallocs, Relaxed);
-        self.cold.peak.fetch_max(post.peak.min(self.peak_cap()), Relaxed);
+        self.cold
+            .peak
+            .fetch_max(post.peak.min(self.peak_cap()), Relaxed);
         if post.claimed > post.unclaimed {
             self.cold
                 .claimed
@@ -1221,7 +1223,11 @@ impl Core {
             })
             .unwrap_or(0);
         let cap = self.peak_cap();
-        self.cold.peak.load(Relaxed).max(own.min(cap)).max(current.min(cap))
+        self.cold
+            .peak
+            .load(Relaxed)
+            .max(own.min(cap))
+            .max(current.min(cap))
     }
 
     pub(crate) fn reset_peak(&self) {

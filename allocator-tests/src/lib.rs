@@ -5,9 +5,14 @@
 //! The helpers here make that manageable:
 //!
 //! - [`Counts`] snapshots the counters so tests assert *deltas*, never absolute numbers;
-//! - [`run_child`] re-executes the test binary itself to run one test in a child process
-//!   with a role selected by [`ROLE_VAR`] (for aborts, and for environment variables that
+//! - [`run_child`] (and [`Child`] for more options) re-executes the test binary itself to
+//!   run one test in a child process with a role selected by [`ROLE_VAR`], killed after a
+//!   timeout (for aborts, panics at the limit, hang checks, and environment variables that
 //!   must be set before anything reads them).
+//!
+//! A failing assertion under a tight limit needs no help to be reported: the allocator's
+//! emergency overdraft serves the panicking thread (see `set_panic_overdraft`), so the
+//! panic prints its message and nothing lifts the limit behind the test's back.
 //!
 //! A binary whose test asserts exact deltas holds exactly one `#[test]` (sub-cases run one
 //! after another inside it). A mutex between tests is not enough: libtest's main thread
@@ -17,7 +22,10 @@
 
 use limited_allocator::LimitedAllocator;
 use std::alloc::GlobalAlloc;
-use std::process::{Command, ExitStatus};
+use std::io::Read;
+use std::process::{Command, ExitStatus, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
 
 /// The variable that tells a re-executed test binary which child role to play.
 pub const ROLE_VAR: &str = "ALLOCATOR_TESTS_CHILD_ROLE";
@@ -36,6 +44,10 @@ pub struct ChildOutput {
     pub stdout: String,
     /// Everything it wrote to stderr.
     pub stderr: String,
+    /// Whether it was killed for running past its timeout.
+    pub timed_out: bool,
+    /// How long it ran.
+    pub elapsed: Duration,
 }
 
 impl ChildOutput {
@@ -44,29 +56,130 @@ impl ChildOutput {
         use std::os::unix::process::ExitStatusExt;
         self.status.signal()
     }
+
+    /// Both streams, stdout first (libtest prints a failed test's captured output there).
+    pub fn all_output(&self) -> String {
+        format!("{}{}", self.stdout, self.stderr)
+    }
 }
+
+/// How long a child may run before it counts as hung and is killed: generous, for a
+/// machine shared with other builds; a hang runs forever, so any bound tells it apart.
+pub const CHILD_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Runs the test `test` of the current test binary (and only it: `--exact`) in a child
 /// process with [`ROLE_VAR`] set to `role`, `set` added to and `unset` removed from its
 /// environment, and returns what it did. Output is not captured by the child's harness
-/// (`--nocapture`), so everything it writes reaches the pipes.
+/// (`--nocapture`), so everything it writes reaches the pipes. Killed after
+/// [`CHILD_TIMEOUT`].
 pub fn run_child(test: &str, role: &str, set: &[(&str, &str)], unset: &[&str]) -> ChildOutput {
-    let exe = std::env::current_exe().expect("the test binary's path");
-    let mut cmd = Command::new(exe);
-    cmd.args([test, "--exact", "--nocapture", "--test-threads=1"])
-        .env(ROLE_VAR, role)
-        .env("RUST_BACKTRACE", "0");
-    for (k, v) in set {
-        cmd.env(k, v);
+    Child::test(test, role).set(set).unset(unset).run()
+}
+
+/// A child process to run: this binary re-executed with a role, with a timeout.
+#[derive(Debug, Clone)]
+pub struct Child {
+    args: Vec<String>,
+    role: String,
+    set: Vec<(String, String)>,
+    unset: Vec<String>,
+    timeout: Duration,
+}
+
+impl Child {
+    /// The libtest test `test` of this binary, alone, with `--nocapture` (see
+    /// [`capture`](Self::capture)), `RUST_BACKTRACE=0` unless [`set`](Self::set) says
+    /// otherwise, and [`CHILD_TIMEOUT`].
+    pub fn test(test: &str, role: &str) -> Self {
+        let args = [test, "--exact", "--nocapture", "--test-threads=1"];
+        Self::with_args(&args, role)
     }
-    for k in unset {
-        cmd.env_remove(k);
+
+    /// This binary with `args` (for a `harness = false` binary: its own `main`).
+    pub fn with_args(args: &[&str], role: &str) -> Self {
+        Self {
+            args: args.iter().map(|a| a.to_string()).collect(),
+            role: role.to_string(),
+            set: vec![("RUST_BACKTRACE".into(), "0".into())],
+            unset: Vec::new(),
+            timeout: CHILD_TIMEOUT,
+        }
     }
-    let out = cmd.output().expect("the child process starts");
-    ChildOutput {
-        status: out.status,
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+
+    /// Leaves libtest's output capture on (drops `--nocapture`): a failing test's output
+    /// then goes through libtest's capture buffer and is printed by its main thread.
+    pub fn capture(mut self) -> Self {
+        self.args.retain(|a| a != "--nocapture");
+        self
+    }
+
+    /// Adds environment variables (later ones win).
+    pub fn set(mut self, vars: &[(&str, &str)]) -> Self {
+        for (k, v) in vars {
+            self.set.retain(|(key, _)| key != k);
+            self.set.push((k.to_string(), v.to_string()));
+        }
+        self
+    }
+
+    /// Removes environment variables.
+    pub fn unset(mut self, vars: &[&str]) -> Self {
+        self.unset.extend(vars.iter().map(|v| v.to_string()));
+        self
+    }
+
+    /// Kills the child after `timeout`.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Runs it to the end or the timeout and returns what it did.
+    pub fn run(&self) -> ChildOutput {
+        let exe = std::env::current_exe().expect("the test binary's path");
+        let mut cmd = Command::new(exe);
+        cmd.args(&self.args)
+            .env(ROLE_VAR, &self.role)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in &self.set {
+            cmd.env(k, v);
+        }
+        for k in &self.unset {
+            cmd.env_remove(k);
+        }
+        let start = Instant::now();
+        let mut child = cmd.spawn().expect("the child process starts");
+        let drain = |r: Option<Box<dyn Read + Send>>| {
+            let mut r = r.expect("a piped stream");
+            thread::spawn(move || {
+                let mut buf = Vec::new();
+                let _ = r.read_to_end(&mut buf);
+                String::from_utf8_lossy(&buf).into_owned()
+            })
+        };
+        let out = drain(child.stdout.take().map(|s| Box::new(s) as _));
+        let err = drain(child.stderr.take().map(|s| Box::new(s) as _));
+        let mut timed_out = false;
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("waiting for the child") {
+                break status;
+            }
+            if start.elapsed() > self.timeout {
+                timed_out = true;
+                let _ = child.kill();
+                break child.wait().expect("reaping the killed child");
+            }
+            thread::sleep(Duration::from_millis(20));
+        };
+        ChildOutput {
+            status,
+            stdout: out.join().expect("the stdout reader"),
+            stderr: err.join().expect("the stderr reader"),
+            timed_out,
+            elapsed: start.elapsed(),
+        }
     }
 }
 
@@ -145,17 +258,4 @@ pub fn physical_memory() -> Option<u64> {
         )
     };
     (pages > 0 && page > 0).then(|| pages as u64 * page as u64)
-}
-
-/// Makes a failing assertion fail cleanly under a tight limit: installs a panic hook that
-/// lifts `alloc`'s limit before the default hook formats the message and the backtrace.
-/// Without it, the hook's own allocations are refused, `handle_alloc_error` then waits for
-/// the backtrace lock the panicking thread already holds, and the test hangs instead of
-/// failing. Idempotent enough: each call wraps the hook once more, which is harmless.
-pub fn lift_limit_on_panic<A: GlobalAlloc + Sync>(alloc: &'static LimitedAllocator<A>) {
-    let previous = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        alloc.set_limit(usize::MAX);
-        previous(info);
-    }));
 }
