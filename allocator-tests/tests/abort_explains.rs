@@ -49,6 +49,23 @@ fn child(role: &str) {
             let v = vec![0u8; FATAL];
             black_box(&v);
         }
+        "reservation" => {
+            let r = ALLOC.try_reserve(4096).unwrap();
+            r.set_overflow(limited_allocator::Overflow::Refuse);
+            let before = ALLOC.stats().refusals;
+            {
+                let _inside = r.enter();
+                let mut v: Vec<u8> = Vec::new();
+                assert!(v.try_reserve_exact(8192).is_err());
+            }
+            let after = ALLOC.stats().refusals;
+            println!(
+                "RESERVATION refusals={} allocator={}",
+                r.refusals(),
+                after - before
+            );
+            return;
+        }
         other => panic!("unknown child role {other:?}"),
     }
     println!("CHILD SURVIVED");
@@ -173,4 +190,30 @@ fn the_fatal_refusal_after_handled_ones_is_explained() {
     );
     assert!(lines[3].starts_with(&fatal), "{out:#?}");
     assert!(lines[3].contains(LIMIT_TEXT), "{out:#?}");
+}
+
+/// A refusal over an entered reservation's own budget (`Overflow::Refuse`) says so, and is
+/// the reservation's, not the allocator's.
+#[test]
+fn a_reservation_refusal_line_names_its_budget() {
+    if let Some(role) = child_role() {
+        return child(&role);
+    }
+    let out = run_child(
+        "a_reservation_refusal_line_names_its_budget",
+        "reservation",
+        &[],
+        &[],
+    );
+    assert!(out.status.success(), "{out:#?}");
+    assert!(
+        out.stdout.contains("RESERVATION refusals=1 allocator=0"),
+        "{out:#?}"
+    );
+    let line = our_line(&out).unwrap_or_else(|| panic!("no refusal line: {out:#?}"));
+    assert_eq!(
+        line,
+        "limited-allocator: refused 8192 bytes by the entered reservation's own budget \
+         (Overflow::Refuse): 4096 bytes headroom left, 0 bytes used"
+    );
 }
