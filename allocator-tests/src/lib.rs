@@ -259,3 +259,19 @@ pub fn physical_memory() -> Option<u64> {
     };
     (pages > 0 && page > 0).then(|| pages as u64 * page as u64)
 }
+
+/// Makes a failing assertion under a tight limit print its message and backtrace: when
+/// backtraces are on (`RUST_BACKTRACE` set and not `0`), resolves one backtrace now, so the
+/// symbolizer's caches (tens of MiB for a test binary with full debug info, allocated once
+/// and kept) are charged before the limit is set. The panic then needs well under the
+/// emergency overdraft (measured: ~0.5 MiB instead of ~40 MiB), and libtest has room to
+/// print the captured output afterwards. Unlike lifting the limit in a panic hook, this
+/// leaves the limit (and every `peak <= limit` check after a caught panic) as it is.
+/// Call it before the limit is set.
+pub fn prepare_backtraces() {
+    let on = std::env::var_os("RUST_BACKTRACE").is_some_and(|v| v != "0");
+    if on {
+        let resolved = std::backtrace::Backtrace::force_capture().to_string();
+        assert!(!resolved.is_empty());
+    }
+}

@@ -5,6 +5,7 @@
 //! exceeds the bytes granted to the test, which with everything else live in the process
 //! must stay under the limit.
 
+use allocator_tests::prepare_backtraces;
 use limited_allocator::LimitedAllocator;
 use std::alloc::System;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
@@ -61,6 +62,7 @@ fn work(seed: u64, base: usize, held: &mut Vec<Vec<u8>>) {
 /// The only test of this binary (the global counters see everything the process does).
 #[test]
 fn tight_global_limit_holds_under_threads() {
+    prepare_backtraces();
     let ready = Barrier::new(THREADS + 1);
     let go = Barrier::new(THREADS + 1);
     let done = Barrier::new(THREADS + 1);

@@ -9,7 +9,7 @@
 //! Only fallible allocation inside the rounds (raw `alloc` with a null check): an
 //! infallible one refused under the limit would abort the binary.
 
-use allocator_tests::Counts;
+use allocator_tests::{prepare_backtraces, Counts};
 use limited_allocator::LimitedAllocator;
 use std::alloc::{Layout, System};
 use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering::Relaxed};
@@ -139,6 +139,7 @@ fn work(seed: u64) {
 /// The only test of this binary (the global counters see everything the process does).
 #[test]
 fn stress_with_transfers_under_a_tight_limit() {
+    prepare_backtraces();
     ALLOC.set_refusal_reporting(false);
     // Warm up: what std allocates for good on the first spawns is not drift.
     thread::scope(|s| {
