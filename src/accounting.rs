@@ -917,9 +917,10 @@ impl Core {
     /// [`publish_peak`](Self::publish_peak) with the peak generation `gen` already loaded.
     #[inline]
     fn publish_peak_at(&self, e: &Entry, gen: usize) {
-        let candidate = e.peak_candidate().min(self.peak_cap());
+        let candidate = e.peak_candidate();
         if candidate > self.cold.peak.load(Relaxed) && e.peak_gen.get() == gen {
-            self.cold.peak.fetch_max(candidate, Relaxed);
+            // The cap only here, on the rare new peak: the direct paths pass by every time.
+            self.cold.peak.fetch_max(candidate.min(self.peak_cap()), Relaxed);
         }
     }
 
