@@ -765,6 +765,12 @@ impl Core {
         }
     }
 
+    /// The instance's token (its credit epoch among it), for tests of what recalls credit.
+    #[cfg(test)]
+    pub(crate) fn token_now(&self) -> u64 {
+        self.hot.token.load(Relaxed)
+    }
+
     /// Advances the credit epoch: every thread returns its credit on its next call.
     pub(crate) fn recall_credit(&self) {
         let _ = self.hot.token.fetch_update(AcqRel, Relaxed, |t| {
@@ -920,7 +926,9 @@ impl Core {
         let candidate = e.peak_candidate();
         if candidate > self.cold.peak.load(Relaxed) && e.peak_gen.get() == gen {
             // The cap only here, on the rare new peak: the direct paths pass by every time.
-            self.cold.peak.fetch_max(candidate.min(self.peak_cap()), Relaxed);
+            self.cold
+                .peak
+                .fetch_max(candidate.min(self.peak_cap()), Relaxed);
         }
     }
 

@@ -591,3 +591,35 @@ impl Drop for EnterGuard<'_> {
 // Keep `GlobalAlloc` in scope for the docs' intra-doc links.
 #[allow(unused_imports)]
 use GlobalAlloc as _;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A refusal over a refusing reservation's headroom recalls no thread's credit (the
+    /// credit epoch stays), while one of the shared budget does.
+    #[test]
+    fn a_local_refusal_recalls_no_credit() {
+        let a = LimitedAllocator::new(System, 1 << 20);
+        a.set_refusal_reporting(false);
+        let layout = Layout::from_size_align(2000, 8).unwrap();
+        let r = a.try_reserve(1000).unwrap();
+        r.set_overflow(Overflow::Refuse);
+        let guard = r.enter();
+        let epoch = a.core().token_now();
+        // SAFETY: a non-zero layout; the call is refused, so nothing is to be freed.
+        assert!(unsafe { a.alloc(layout) }.is_null());
+        assert_eq!(
+            a.core().token_now(),
+            epoch,
+            "a local refusal recalled credit"
+        );
+        drop(guard);
+        assert!(a.try_reserve(2 << 20).is_err());
+        assert_ne!(
+            a.core().token_now(),
+            epoch,
+            "the budget's refusal recalls it"
+        );
+    }
+}
