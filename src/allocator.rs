@@ -40,10 +40,13 @@ use std::alloc::{GlobalAlloc, Layout, System};
 ///
 /// For speed, each thread takes *credit* (already charged bytes) in batches of at most
 /// 256 KiB, and at most 1/32 of the headroom left, and spends it without touching shared
-/// memory; it keeps at most 512 KiB of freed bytes. Read on one thread, every number is
-/// exact for that thread's own work; credit held by *other* live threads reads as usage
-/// (at most 512 KiB per thread, far less near the limit), and a thread returns it when it
-/// exits or when a refusal recalls it. See `docs/performance.md`.
+/// memory; it keeps at most 512 KiB of freed bytes. All threads' credit together is at most
+/// 1/16 of the limit, however many threads there are (each thread's share comes from one
+/// pool). Read on one thread, every number is exact for that thread's own work; credit held
+/// by *other* live threads reads as usage (at most `limit / 16` in all), and a thread
+/// returns it when it exits or when a refusal recalls it. A request is refused only if live
+/// bytes, reservations and that credit together leave no room for it. See
+/// `docs/design.md`.
 /// [`new_exact`](Self::new_exact) turns the credit off.
 pub struct LimitedAllocator<A = System> {
     inner: A,

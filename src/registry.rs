@@ -36,6 +36,7 @@ pub(crate) struct Slot {
     deallocs: AtomicU64,
     reallocs: AtomicU64,
     peak: AtomicUsize,
+    hold: AtomicUsize,
     claimed: AtomicUsize,
     unclaimed: AtomicUsize,
 }
@@ -52,6 +53,7 @@ impl Slot {
             deallocs: AtomicU64::new(0),
             reallocs: AtomicU64::new(0),
             peak: AtomicUsize::new(0),
+            hold: AtomicUsize::new(0),
             claimed: AtomicUsize::new(0),
             unclaimed: AtomicUsize::new(0),
         }
@@ -73,6 +75,8 @@ pub(crate) struct Post {
     pub reallocs: u64,
     /// A peak candidate observed by the poster.
     pub peak: usize,
+    /// Hold allowance to give back to the instance's pool of holds (an exited thread's).
+    pub hold: usize,
     /// Bytes newly claimed / released through the Arrow pool interface (attribution for
     /// `pool_claimed_bytes`, separate from the charge).
     pub claimed: usize,
@@ -144,6 +148,7 @@ pub(crate) fn post(index: usize, id: u64, post: Post) {
         add64(&slot.deallocs, post.deallocs);
         add64(&slot.reallocs, post.reallocs);
         slot.peak.fetch_max(post.peak, Ordering::Relaxed);
+        add(&slot.hold, post.hold);
         add(&slot.claimed, post.claimed);
         add(&slot.unclaimed, post.unclaimed);
         slot.dirty.store(true, Ordering::Release);
@@ -186,6 +191,7 @@ fn take_all(slot: &Slot) -> Post {
         deallocs: slot.deallocs.swap(0, Ordering::Relaxed),
         reallocs: slot.reallocs.swap(0, Ordering::Relaxed),
         peak: slot.peak.swap(0, Ordering::Relaxed),
+        hold: slot.hold.swap(0, Ordering::Relaxed),
         claimed: slot.claimed.swap(0, Ordering::Relaxed),
         unclaimed: slot.unclaimed.swap(0, Ordering::Relaxed),
     }

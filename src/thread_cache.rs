@@ -594,6 +594,7 @@ impl Drop for ExitGuard {
                     deallocs,
                     reallocs,
                     peak: entry.peak_candidate(),
+                    hold: entry.hold(),
                     ..Post::default()
                 };
                 registry::post(slot, token::id(token), post);

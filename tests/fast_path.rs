@@ -142,7 +142,9 @@ fn a_new_instance_never_spends_a_dropped_ones_credit() {
 /// keep another from the budget once it makes any call, or exits.
 #[test]
 fn credit_is_recalled_on_refusal() {
-    const LIMIT: usize = 8 << 20;
+    // Roomy enough that one thread may hold the full 512 KiB (1/128 of the limit, the
+    // pool's per-thread share).
+    const LIMIT: usize = 64 << 20;
     let a = Arc::new(quiet(LIMIT));
     let (poke, poked) = mpsc::channel::<bool>();
     let (done, wait_done) = mpsc::channel::<()>();
@@ -285,10 +287,11 @@ fn counts_are_exact_on_one_thread_across_publications() {
 #[test]
 fn queries_subtract_own_credit_of_an_earlier_epoch() {
     use limited_allocator::{PressureLevel, PressureThresholds};
-    const LIMIT: usize = 1 << 20;
+    const LIMIT: usize = 16 << 20;
     let a = quiet(LIMIT);
-    // Medium from 1 % (10486 bytes): above the live bytes, below live bytes plus credit.
-    a.set_thresholds(PressureThresholds::new(1.0, 50.0, 90.0).unwrap());
+    // Medium from 0.5 % (83887 bytes): above the live bytes, below live bytes plus credit
+    // (a batch of 128 KiB, the most one thread may hold at this limit).
+    a.set_thresholds(PressureThresholds::new(0.5, 50.0, 90.0).unwrap());
     let p = alloc(&a, 1000).unwrap(); // takes a batch: this thread now holds credit
     let elsewhere = || std::thread::scope(|s| s.spawn(|| a.allocated_bytes()).join().unwrap());
     let held = elsewhere() - 1000;
@@ -345,5 +348,66 @@ fn queries_ignore_a_dropped_instances_credit() {
         assert_eq!(new.allocated_bytes(), 60_000);
         assert_eq!(new.pressure_level(), PressureLevel::Medium);
         free(&new, p, 60_000);
+    }
+}
+
+/// All threads' credit together withholds at most `limit / 16` (the bound `B` of
+/// `docs/design.md`), whatever the number of threads: 64 and 512 threads each take credit
+/// in a burst (allocations, then frees the hold keeps) and stay alive, idle. With nothing
+/// live, the budget reads at most `B` used, a reservation of `limit - B` succeeds, and so
+/// does one of `limit / 2 - B` after the limit is halved (the idle threads never answer the
+/// recall: their credit stays, but within the bound). Then they exit and everything comes
+/// back.
+#[test]
+fn credit_is_bounded_in_total_under_many_idle_threads() {
+    const LIMIT: usize = 64 << 20;
+    const BOUND: usize = LIMIT / 16;
+    for threads in [64, 512] {
+        let a = quiet(LIMIT);
+        let burst_done = Barrier::new(threads + 1);
+        let checked = Barrier::new(threads + 1);
+        std::thread::scope(|s| {
+            for t in 0..threads {
+                let (a, burst_done, checked) = (&a, &burst_done, &checked);
+                std::thread::Builder::new()
+                    .stack_size(64 << 10)
+                    .spawn_scoped(s, move || {
+                        let mut next = xorshift(t as u64 + 1);
+                        let blocks: Vec<(*mut u8, usize)> = (0..64)
+                            .map(|_| {
+                                let size = 16 + next() as usize % 8192;
+                                (alloc(a, size).expect("far from the limit"), size)
+                            })
+                            .collect();
+                        for (p, size) in blocks {
+                            free(a, p, size);
+                        }
+                        burst_done.wait();
+                        checked.wait(); // idle, holding whatever credit it kept
+                    })
+                    .unwrap();
+            }
+            burst_done.wait();
+            let used = a.allocated_bytes();
+            assert!(
+                used <= BOUND,
+                "{threads} idle threads withhold {used} > {BOUND}"
+            );
+            let r = a.try_reserve(LIMIT - BOUND);
+            assert!(r.is_ok(), "{threads} threads: {:?}", r.err());
+            drop(r);
+            // A lowered limit: the idle threads' credit (carved under the old bound) stays,
+            // and the rest of the new limit is usable.
+            a.set_limit(LIMIT / 2);
+            let r = a.try_reserve(LIMIT / 2 - BOUND);
+            assert!(r.is_ok(), "{threads} threads, lowered limit: {:?}", r.err());
+            drop(r);
+            a.set_limit(LIMIT);
+            checked.wait();
+        });
+        assert_eq!(a.allocated_bytes(), 0, "{threads} threads exited");
+        let s = a.stats();
+        assert_eq!(s.allocations, s.deallocations);
+        assert_eq!(s.allocations, threads as u64 * 64);
     }
 }
