@@ -32,7 +32,9 @@ pub struct AllocatorStats {
     /// Successful `realloc` calls.
     pub reallocations: u64,
     /// Requests refused because they would have exceeded the limit (allocations, reallocations
-    /// and reservations alike).
+    /// and reservations alike). A request over the headroom of an entered reservation with
+    /// [`Overflow::Refuse`](crate::Overflow::Refuse) is that reservation's refusal
+    /// ([`Reservation::refusals`](crate::Reservation::refusals)), not counted here.
     pub refusals: u64,
     /// Sum of the bytes of all refused requests.
     pub refused_bytes: u64,
