@@ -808,7 +808,7 @@ impl Core {
         }
     }
 
-    /// The instance's token (its credit epoch among it), for tests of what recalls credit.
+    /// The instance's token (which carries its credit epoch), for tests of what recalls credit.
     #[cfg(test)]
     pub(crate) fn token_now(&self) -> u64 {
         self.hot.token.load(Relaxed)
@@ -1175,8 +1175,11 @@ impl Core {
         } else if self.reserve(size).is_ok() {
             r.note_growth(size);
         } else {
-            r.note_refusal();
-            return self.refuse_alloc(size, op);
+            let granted = self.refuse_alloc(size, op); // by the overdraft, if panicking
+            if !granted {
+                r.note_refusal();
+            }
+            return granted;
         }
         if e.count(op) {
             self.publish(e);
