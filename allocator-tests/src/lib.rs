@@ -261,17 +261,49 @@ pub fn physical_memory() -> Option<u64> {
 }
 
 /// Makes a failing assertion under a tight limit print its message and backtrace: when
-/// backtraces are on (`RUST_BACKTRACE` set and not `0`), resolves one backtrace now, so the
-/// symbolizer's caches (tens of MiB for a test binary with full debug info, allocated once
-/// and kept) are charged before the limit is set. The panic then needs well under the
-/// emergency overdraft (measured: ~0.5 MiB instead of ~40 MiB), and libtest has room to
-/// print the captured output afterwards. Unlike lifting the limit in a panic hook, this
-/// leaves the limit (and every `peak <= limit` check after a caught panic) as it is.
+/// backtraces are on (`RUST_BACKTRACE` set and not `0`), [`warm_symbolizer`] now, so the
+/// symbolizer's caches are charged before the limit is set. The panic then needs well
+/// under the emergency overdraft (measured: ~0.5 MiB instead of ~40 MiB), and libtest has
+/// room to print the captured output afterwards. Unlike lifting the limit in a panic hook,
+/// this leaves the limit (and every `peak <= limit` check after a caught panic) as it is.
 /// Call it before the limit is set.
 pub fn prepare_backtraces() {
-    let on = std::env::var_os("RUST_BACKTRACE").is_some_and(|v| v != "0");
-    if on {
-        let resolved = std::backtrace::Backtrace::force_capture().to_string();
-        assert!(!resolved.is_empty());
+    if std::env::var_os("RUST_BACKTRACE").is_some_and(|v| v != "0") {
+        warm_symbolizer();
     }
+}
+
+/// Resolves one backtrace, so that the symbolizer's caches (tens of MiB for a test binary
+/// with full debug info, allocated at the first backtrace and kept) are allocated now, as
+/// `docs/production.md` advises for services that want backtraces at the limit.
+pub fn warm_symbolizer() {
+    let resolved = std::backtrace::Backtrace::force_capture().to_string();
+    assert!(resolved.contains("warm_symbolizer"), "{resolved}");
+}
+
+/// Takes every byte `alloc`'s budget has left, 8 MiB past what is live, through fallible
+/// APIs only, and returns the blocks (dropping them gives the bytes back); afterwards even
+/// a 16-byte allocation is refused. Its own refusals write no lines (reporting is off
+/// meanwhile), so the rate limit's burst is left for what follows.
+pub fn exhaust<A: GlobalAlloc>(alloc: &LimitedAllocator<A>) -> Vec<Vec<u8>> {
+    let mut held: Vec<Vec<u8>> = Vec::with_capacity(4096); // before the limit is set
+    let reporting = alloc.refusal_reporting();
+    alloc.set_refusal_reporting(false);
+    alloc.set_limit(alloc.allocated_bytes() + (8 << 20));
+    let mut size = 1 << 20;
+    while size >= 16 && held.len() < held.capacity() {
+        let mut v: Vec<u8> = Vec::new();
+        if v.try_reserve_exact(size).is_ok() {
+            held.push(v);
+        } else {
+            size /= 2;
+        }
+    }
+    let mut probe: Vec<u8> = Vec::new();
+    assert!(
+        probe.try_reserve_exact(16).is_err(),
+        "the budget is not exhausted"
+    );
+    alloc.set_refusal_reporting(reporting);
+    held
 }

@@ -6,7 +6,7 @@
 //! tests panic on libtest's test thread and on a thread the test spawns (the process's main
 //! thread: `panic_at_limit_main.rs`).
 
-use allocator_tests::{child_role, Child, ChildOutput};
+use allocator_tests::{child_role, exhaust, warm_symbolizer, Child, ChildOutput};
 use limited_allocator::LimitedAllocator;
 use std::alloc::System;
 use std::time::Duration;
@@ -20,40 +20,6 @@ const MESSAGE: &str = "the panic's own message";
 /// A hang runs forever; a child that ends runs a second or two even on a loaded machine.
 const HANG: Duration = Duration::from_secs(30);
 
-/// Takes every byte the budget has left (8 MiB past what is live), through fallible APIs
-/// only, and returns the blocks: afterwards even a 16-byte allocation is refused.
-fn exhaust() -> Vec<Vec<u8>> {
-    let mut held: Vec<Vec<u8>> = Vec::with_capacity(4096); // before the limit is set
-    ALLOC.set_limit(ALLOC.allocated_bytes() + (8 << 20));
-    // The fill's own refusals are expected: no lines for them (the rate limit's burst is
-    // left for what follows).
-    ALLOC.set_refusal_reporting(false);
-    let mut size = 1 << 20;
-    while size >= 16 && held.len() < held.capacity() {
-        let mut v: Vec<u8> = Vec::new();
-        if v.try_reserve_exact(size).is_ok() {
-            held.push(v);
-        } else {
-            size /= 2;
-        }
-    }
-    let mut probe: Vec<u8> = Vec::new();
-    assert!(
-        probe.try_reserve_exact(16).is_err(),
-        "the budget is not exhausted"
-    );
-    ALLOC.set_refusal_reporting(true);
-    held
-}
-
-/// Resolves one backtrace, so that the symbolizer's caches (tens of MiB for a test binary
-/// with full debug info) are allocated before the budget is tight, as `docs/production.md`
-/// advises for services that want backtraces at the limit.
-fn warm_symbolizer() {
-    let text = std::backtrace::Backtrace::force_capture().to_string();
-    assert!(text.contains("warm_symbolizer"), "{text}");
-}
-
 fn child(role: &str) {
     let role = match role.strip_prefix("warm-") {
         Some(rest) => {
@@ -64,12 +30,12 @@ fn child(role: &str) {
     };
     match role {
         "test-thread" => {
-            let held = exhaust();
+            let held = exhaust(&ALLOC);
             panic!("{MESSAGE}: {} blocks held", held.len());
         }
         "spawned" => {
             let joined = std::thread::spawn(|| {
-                let held = exhaust();
+                let held = exhaust(&ALLOC);
                 panic!("{MESSAGE}: {} blocks held", held.len());
             })
             .join();
@@ -91,7 +57,7 @@ fn child(role: &str) {
                 // The first call reads the environment (and allocates); later ones reuse it.
                 drop(std::backtrace::Backtrace::capture());
             }
-            let held = exhaust();
+            let held = exhaust(&ALLOC);
             let bt = std::backtrace::Backtrace::capture();
             println!("CAPTURED {:?} with {} blocks held", bt.status(), held.len());
         }

@@ -4,7 +4,7 @@
 //! harness: `main` is the parent, and each child is this binary re-executed with a role,
 //! which then panics on its main thread.
 
-use allocator_tests::{child_role, Child, ChildOutput};
+use allocator_tests::{child_role, exhaust, warm_symbolizer, Child, ChildOutput};
 use limited_allocator::LimitedAllocator;
 use std::alloc::System;
 use std::time::Duration;
@@ -14,27 +14,6 @@ static ALLOC: LimitedAllocator = LimitedAllocator::new(System, LimitedAllocator:
 
 const MESSAGE: &str = "the main thread's own message";
 const HANG: Duration = Duration::from_secs(30);
-
-/// Takes every byte the budget has left through fallible APIs only (see
-/// `panic_at_limit.rs`).
-fn exhaust() -> Vec<Vec<u8>> {
-    let mut held: Vec<Vec<u8>> = Vec::with_capacity(4096);
-    ALLOC.set_limit(ALLOC.allocated_bytes() + (8 << 20));
-    // The fill's own refusals are expected: no lines for them (the rate limit's burst is
-    // left for what follows).
-    ALLOC.set_refusal_reporting(false);
-    let mut size = 1 << 20;
-    while size >= 16 && held.len() < held.capacity() {
-        let mut v: Vec<u8> = Vec::new();
-        if v.try_reserve_exact(size).is_ok() {
-            held.push(v);
-        } else {
-            size /= 2;
-        }
-    }
-    ALLOC.set_refusal_reporting(true);
-    held
-}
 
 fn child(role: &str) {
     let role = match role.strip_prefix("warm-") {
@@ -50,12 +29,12 @@ fn child(role: &str) {
     };
     match role {
         "panic" => {
-            let held = exhaust();
+            let held = exhaust(&ALLOC);
             panic!("{MESSAGE}: {} blocks held", held.len());
         }
         "no-overdraft" => {
             ALLOC.set_panic_overdraft(0);
-            let held = exhaust();
+            let held = exhaust(&ALLOC);
             panic!("{MESSAGE}: {} blocks held", held.len());
         }
         other => panic!("unknown child role {other:?}"),
