@@ -18,11 +18,7 @@ const HANG: Duration = Duration::from_secs(30);
 fn child(role: &str) {
     let role = match role.strip_prefix("warm-") {
         Some(rest) => {
-            // Resolve one backtrace first, so the symbolizer's caches are allocated before
-            // the budget is tight (see `docs/production.md`).
-            assert!(!std::backtrace::Backtrace::force_capture()
-                .to_string()
-                .is_empty());
+            warm_symbolizer();
             rest
         }
         None => role,
