@@ -76,6 +76,22 @@ pub fn run_child(test: &str, role: &str, set: &[(&str, &str)], unset: &[&str]) -
     Child::test(test, role).set(set).unset(unset).run()
 }
 
+/// [`run_child`] with `timeout` instead of [`CHILD_TIMEOUT`] (`None`: that default). A
+/// child killed at it reads `timed_out`, and `SIGKILL` in [`ChildOutput::signal`].
+pub fn run_child_within(
+    test: &str,
+    role: &str,
+    set: &[(&str, &str)],
+    unset: &[&str],
+    timeout: Option<Duration>,
+) -> ChildOutput {
+    Child::test(test, role)
+        .set(set)
+        .unset(unset)
+        .timeout(timeout.unwrap_or(CHILD_TIMEOUT))
+        .run()
+}
+
 /// A child process to run: this binary re-executed with a role, with a timeout.
 #[derive(Debug, Clone)]
 pub struct Child {
