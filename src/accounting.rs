@@ -923,15 +923,24 @@ impl Core {
 
     /// Makes the entry's hold `want` (capped by [`thread_hold_max`](Self::thread_hold_max),
     /// in whole [`HOLD_UNIT`]s), taking the growth from the pool `credit_out` or giving the
-    /// shrink back to it; a growth the pool cannot cover in full gets what is left. Only
-    /// touches the pool when the hold changes: far from the limit and with the pool not
-    /// short, the hold stays at the same maximum and this is a few comparisons.
+    /// shrink back to it; a growth the pool cannot cover in full gets what is left, and a
+    /// pool over its bound takes back from every hold that passes. Only writes the pool
+    /// when the hold changes: far from the limit and with the pool not short, the hold
+    /// stays at the same maximum and this is a load and a few comparisons.
     ///
     /// [`HOLD_UNIT`]: thread_cache::HOLD_UNIT
     fn resize_hold(&self, e: &Entry, want: usize) {
         let unit = thread_cache::HOLD_UNIT;
-        let want = want.min(self.thread_hold_max()) / unit * unit;
         let old = e.hold();
+        let mut want = want.min(self.thread_hold_max());
+        // A pool over its bound (the limit was lowered since its holds were taken): every
+        // thread that passes here gives back what it can towards the bound, so the busy
+        // threads bring all credit back under the new bound on their next slow path.
+        let (out, bound) = (self.credit_out.load(Relaxed), self.limit() / CREDIT_SHARE);
+        if out > bound {
+            want = want.min(old.saturating_sub(out - bound));
+        }
+        let want = want / unit * unit;
         if want < old {
             e.set_hold(want);
             // After the entry stopped holding it: the pool counts every hold in full.
@@ -1368,6 +1377,12 @@ impl Core {
 
     pub(crate) fn reset_peak(&self) {
         let gen = self.cold.peak_gen.fetch_add(1, AcqRel) + 1;
+        // Peaks that exiting threads posted (or are posting) from earlier windows are
+        // discarded, and later posts of them refused, before the peak restarts here.
+        let t = self.token();
+        if token::slot(t) < SLOTS {
+            registry::reset_peak(token::slot(t), token::id(t), gen);
+        }
         let current = self.allocated_bytes();
         self.cold.peak.store(current.min(self.peak_cap()), Relaxed);
         self.cold.overdraft.peak_reset(current, self.limit());

@@ -49,17 +49,18 @@ pub enum Overflow {
     Refuse,
 }
 
-/// Held headroom value that marks a dropped reservation.
-const CLOSED: usize = usize::MAX;
-
 /// The part of a reservation that entered threads reach through their thread-local entry.
 /// Heap-allocated and reference-counted (one reference for the [`Reservation`], one for
 /// each thread entry pointing at it), so a leaked or out-of-order [`EnterGuard`] cannot
 /// leave a thread pointing at freed memory.
 pub(crate) struct ReservationState {
     refs: AtomicUsize,
-    /// Charged headroom not yet spent, or [`CLOSED`].
+    /// Charged headroom not yet spent. Any value, `usize::MAX` included (a reservation of
+    /// everything on an unlimited instance): whether the reservation was dropped is
+    /// `closed`, never a value of this.
     held: AtomicUsize,
+    /// Set by the guard's drop, before it takes `held`: see [`give`](Self::give).
+    closed: AtomicBool,
     /// Bytes allocated through the reservation while entered, net of frees given back.
     used: AtomicUsize,
     peak_used: AtomicUsize,
@@ -81,6 +82,7 @@ impl ReservationState {
         let state = Self {
             refs: AtomicUsize::new(1),
             held: AtomicUsize::new(held),
+            closed: AtomicBool::new(false),
             used: AtomicUsize::new(0),
             peak_used: AtomicUsize::new(0),
             frames: AtomicUsize::new(0),
@@ -132,11 +134,14 @@ impl ReservationState {
 
     /// Spends `size` bytes of headroom for an entered allocation.
     pub(crate) fn take(&self, size: usize) -> bool {
+        // Relaxed: a dropped reservation has nothing left to take (its drop took `held`);
+        // this only saves the attempt. The bytes in `held` are charged either way.
+        if self.closed.load(Relaxed) {
+            return false;
+        }
         let taken = self
             .held
-            .fetch_update(AcqRel, Acquire, |h| {
-                (h != CLOSED && h >= size).then(|| h - size)
-            })
+            .fetch_update(AcqRel, Acquire, |h| (h >= size).then(|| h - size))
             .is_ok();
         if taken {
             self.note_growth(size);
@@ -161,14 +166,31 @@ impl ReservationState {
         if back == 0 {
             return 0;
         }
-        let added = self
-            .held
-            .fetch_update(AcqRel, Acquire, |h| (h != CLOSED).then(|| h + back));
-        if added.is_ok() {
-            back
-        } else {
-            0
+        // Dekker with the guard's drop (`close`): here `held += back`, then `closed` is
+        // read; there `closed` is set, then `held` is taken. SeqCst on all four, so that
+        // either this read sees `closed` (then the bytes may or may not have been taken by
+        // the drop, and whatever of them is still in `held` is taken back out here and
+        // returned to the caller), or the drop's take comes after this addition and
+        // releases the bytes with the rest. Each giver takes out at most what it added, so
+        // after the drop and every racing give, `held` is 0: nothing stays charged.
+        // (loom checks SeqCst as AcqRel; this argument is what covers the store-load.)
+        self.held.fetch_add(back, SeqCst);
+        if !self.closed.load(SeqCst) {
+            return back;
         }
+        let out = self
+            .held
+            .fetch_update(SeqCst, SeqCst, |h| Some(h - h.min(back)))
+            .unwrap_or(0)
+            .min(back);
+        back - out
+    }
+
+    /// Closes the reservation (its guard drops) and takes its unspent headroom: the bytes
+    /// to uncharge. See [`give`](Self::give) for the handshake.
+    fn close(&self) -> usize {
+        self.closed.store(true, SeqCst);
+        self.held.swap(0, SeqCst)
     }
 
     pub(crate) fn may_grow(&self) -> bool {
@@ -190,10 +212,7 @@ impl ReservationState {
     }
 
     fn held(&self) -> usize {
-        match self.held.load(Acquire) {
-            CLOSED => 0,
-            h => h,
-        }
+        self.held.load(Acquire)
     }
 }
 
@@ -383,11 +402,8 @@ impl<'a, A> Reservation<'a, A> {
 
     /// Adds bytes already charged to the budget to this reservation's headroom.
     fn add_headroom(&self, bytes: usize) {
-        let added = self
-            .state()
-            .held
-            .fetch_update(AcqRel, Acquire, |h| (h != CLOSED).then(|| h + bytes));
-        debug_assert!(added.is_ok(), "a live reservation is never closed");
+        // A live reservation (this guard is borrowed) is never closed.
+        self.state().held.fetch_add(bytes, AcqRel);
         self.owner.core().add_reserved(bytes);
     }
 
@@ -404,7 +420,7 @@ impl<'a, A> Reservation<'a, A> {
         let before = self
             .state()
             .held
-            .fetch_update(AcqRel, Acquire, |h| (h != CLOSED).then(|| h - h.min(bytes)))
+            .fetch_update(AcqRel, Acquire, |h| Some(h - h.min(bytes)))
             .unwrap_or(0);
         let given = before.min(bytes);
         let core = self.owner.core();
@@ -517,10 +533,7 @@ impl<A> fmt::Debug for Reservation<'_, A> {
 
 impl<A> Drop for Reservation<'_, A> {
     fn drop(&mut self) {
-        let held = match self.state().held.swap(CLOSED, AcqRel) {
-            CLOSED => 0,
-            h => h,
-        };
+        let held = self.state().close();
         let core = self.owner.core();
         core.uncharge(held);
         core.sub_reserved(held);

@@ -367,9 +367,10 @@ fn credit_is_bounded_in_total_under_many_idle_threads() {
         let burst_done = Barrier::new(threads + 1);
         let checked = Barrier::new(threads + 1);
         std::thread::scope(|s| {
+            let mut handles = Vec::new();
             for t in 0..threads {
                 let (a, burst_done, checked) = (&a, &burst_done, &checked);
-                std::thread::Builder::new()
+                let h = std::thread::Builder::new()
                     .stack_size(64 << 10)
                     .spawn_scoped(s, move || {
                         let mut next = xorshift(t as u64 + 1);
@@ -386,6 +387,7 @@ fn credit_is_bounded_in_total_under_many_idle_threads() {
                         checked.wait(); // idle, holding whatever credit it kept
                     })
                     .unwrap();
+                handles.push(h);
             }
             burst_done.wait();
             let used = a.allocated_bytes();
@@ -404,10 +406,73 @@ fn credit_is_bounded_in_total_under_many_idle_threads() {
             drop(r);
             a.set_limit(LIMIT);
             checked.wait();
+            // Joined explicitly: that waits for each thread's exit (its TLS destructors).
+            handles.into_iter().for_each(|h| h.join().unwrap());
         });
         assert_eq!(a.allocated_bytes(), 0, "{threads} threads exited");
         let s = a.stats();
         assert_eq!(s.allocations, s.deallocations);
         assert_eq!(s.allocations, threads as u64 * 64);
     }
+}
+
+/// A reservation of every byte of an unlimited instance (or one grown to it) gives its
+/// bytes back when dropped: no value of the held headroom means "closed".
+#[test]
+fn a_reservation_of_usize_max_is_given_back() {
+    let a = quiet(usize::MAX);
+    let r = a
+        .try_reserve(usize::MAX)
+        .expect("everything fits an unlimited budget");
+    assert_eq!(
+        (r.headroom(), a.allocated_bytes()),
+        (usize::MAX, usize::MAX)
+    );
+    drop(r);
+    assert_eq!(a.allocated_bytes(), 0);
+    let r = a.try_reserve(1).unwrap();
+    r.grow(usize::MAX - 1).unwrap();
+    assert_eq!(r.headroom(), usize::MAX);
+    drop(r);
+    assert_eq!(a.allocated_bytes(), 0);
+    assert!(a.try_reserve(usize::MAX).is_ok());
+}
+
+/// A thread that made a peak before `reset_peak` and exits after it does not bring the old
+/// peak back (its exit posts the window's peak only if it is of the current generation).
+#[test]
+fn an_exiting_thread_brings_back_no_peak_from_before_a_reset() {
+    let a = quiet(64 << 20);
+    let (blocks_tx, blocks_rx) = mpsc::channel::<Vec<Block>>();
+    let (go, wait_go) = mpsc::channel::<()>();
+    std::thread::scope(|s| {
+        let a = &a;
+        let holder = s.spawn(move || {
+            // 200 000 bytes from one batch (256 KiB): this thread's window now has a peak
+            // candidate of 200 000 and no slow path published it; the blocks are freed on
+            // the main thread, so this thread's credit stays at the batch's rest.
+            let blocks = (0..200)
+                .map(|_| Block(alloc(a, 1000).unwrap(), 1000))
+                .collect();
+            blocks_tx.send(blocks).unwrap();
+            wait_go.recv().unwrap();
+        });
+        for b in blocks_rx.recv().unwrap() {
+            free(a, b.0, b.1);
+        }
+        a.reset_peak();
+        let after_reset = a.peak_bytes();
+        let sent = go.send(());
+        assert!(after_reset < 100_000, "peak {after_reset} after the reset");
+        sent.unwrap();
+        // Joined explicitly: that waits for the thread's exit (its TLS destructors).
+        holder.join().unwrap();
+    });
+    // The thread has exited and posted its credit, counts and peak.
+    assert_eq!(a.allocated_bytes(), 0);
+    assert!(
+        a.peak_bytes() < 100_000,
+        "an old peak came back: {}",
+        a.peak_bytes()
+    );
 }
