@@ -9,6 +9,7 @@
 mod accounting;
 mod allocator;
 mod error;
+mod overdraft;
 mod registry;
 mod release;
 mod report;

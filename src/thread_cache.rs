@@ -17,9 +17,15 @@
 //!
 //! Storage: a `const`-initialised `thread_local!` without a destructor, so access is a
 //! plain TLS offset and never allocates or registers anything. Returning credit at thread
-//! exit needs a destructor, which lives in a second thread-local that is touched once per
-//! thread (registering it may allocate, so re-entrant calls during registration are sent
-//! down the exact path).
+//! exit needs a destructor, registered once per thread (registering may allocate, so
+//! re-entrant calls during registration are sent down the exact path). On unix it is a
+//! `pthread_key_create` destructor, not std's thread-local destructor list: on targets
+//! without `__cxa_thread_atexit_impl` (macOS, musl, the BSDs) that list grew through the
+//! global allocator before std 1.93, and registering into it from inside the allocator
+//! aborted with "the global allocator may not use TLS with destructors". A pthread key's
+//! destructor also runs after std's thread-local destructors (glibc, musl and macOS run key
+//! destructors last), so their allocations and frees still use the credit. Elsewhere
+//! (Windows) it is a thread-local with a destructor, which needs std 1.93 or later.
 
 use crate::accounting::HOLD_MAX;
 use crate::registry::{self, Post, CACHED_SLOTS};
@@ -512,6 +518,10 @@ impl EntryAt {
 thread_local! {
     static CACHE: ThreadCache = const { ThreadCache::new() };
     static ENTERED: EnterStack = const { EnterStack::new() };
+}
+
+#[cfg(not(unix))]
+thread_local! {
     static EXIT: ExitGuard = const { ExitGuard };
 }
 
@@ -555,12 +565,11 @@ pub(crate) fn with_live_cache<R>(f: impl FnOnce(&ThreadCache) -> R) -> Option<R>
             LIVE => {}
             FRESH => {
                 cache.state.set(REGISTERING);
-                // Touching EXIT registers its destructor; that may allocate and re-enter
-                // the allocator, which then sees REGISTERING and takes the exact path.
-                // `try_with` because a thread's first allocation may come from another
-                // thread-local's destructor, when registering is no longer possible: then
-                // this thread never holds credit.
-                let registered = EXIT.try_with(|_| {}).is_ok();
+                // Registering may allocate and re-enter the allocator, which then sees
+                // REGISTERING and takes the exact path. It fails when a thread's first
+                // allocation comes from a destructor at its exit, when registering is no
+                // longer possible: then this thread never holds credit.
+                let registered = register_exit_hook();
                 cache.state.set(if registered { LIVE } else { EXITED });
                 if !registered {
                     return None;
@@ -578,33 +587,96 @@ pub(crate) fn with_enter_stack<R>(f: impl FnOnce(&EnterStack) -> R) -> Option<R>
     ENTERED.try_with(f).ok()
 }
 
-/// Returns every entry's credit and counts through the registry when its thread exits.
+/// Registers this thread's exit hook ([`return_all_credit`]); false if that is not possible
+/// (the thread is exiting already).
+#[cfg(not(unix))]
+fn register_exit_hook() -> bool {
+    // Touching EXIT registers its destructor. `try_with`: not possible once the thread's
+    // thread-locals are being destroyed.
+    EXIT.try_with(|_| {}).is_ok()
+}
+
+/// Runs [`return_all_credit`] when its thread exits (not unix: see the module docs).
+#[cfg(not(unix))]
 struct ExitGuard;
 
+#[cfg(not(unix))]
 impl Drop for ExitGuard {
     fn drop(&mut self) {
-        CACHE.with(|cache| {
-            cache.state.set(EXITED);
-            for (slot, entry) in cache.entries.iter().enumerate() {
-                let token = entry.token.get();
-                if token == 0 {
-                    continue;
-                }
-                let (allocs, deallocs, reallocs) = entry.take_counts();
-                let post = Post {
-                    returned: entry.credit(),
-                    added: 0,
-                    allocs,
-                    deallocs,
-                    reallocs,
-                    peak: entry.peak_candidate(),
-                    ..Post::default()
-                };
-                registry::post(slot, token::id(token), post);
-                entry.clear(0);
-            }
-        });
+        return_all_credit();
     }
+}
+
+/// Registers this thread's exit hook ([`return_all_credit`]): a non-null value for the
+/// process's pthread key, whose destructor runs at the thread's exit. False if that is not
+/// possible. The key is made once per process; threads that race to make it each make one
+/// and all but the first delete theirs, so nobody waits.
+#[cfg(unix)]
+fn register_exit_hook() -> bool {
+    use core::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+    /// The key plus one; 0 until made.
+    static KEY: AtomicUsize = AtomicUsize::new(0);
+    let key = match KEY.load(Relaxed) {
+        0 => {
+            let mut key: libc::pthread_key_t = 0;
+            // SAFETY: `key` is a valid out-pointer; the destructor has the signature
+            // pthread expects and never unwinds.
+            if unsafe { libc::pthread_key_create(&mut key, Some(exit_hook)) } != 0 {
+                return false;
+            }
+            // Relaxed: the key is a plain number; nothing else is published with it.
+            match KEY.compare_exchange(0, key as usize + 1, Relaxed, Relaxed) {
+                Ok(_) => key,
+                Err(first) => {
+                    // SAFETY: our own key, not handed to anyone.
+                    unsafe { libc::pthread_key_delete(key) };
+                    (first - 1) as libc::pthread_key_t
+                }
+            }
+        }
+        plus_one => (plus_one - 1) as libc::pthread_key_t,
+    };
+    // Any non-null value: pthread only runs the destructor for keys whose value is set.
+    let mark = core::ptr::NonNull::<u8>::dangling()
+        .as_ptr()
+        .cast::<libc::c_void>();
+    // SAFETY: `key` was made by pthread_key_create above (here or on another thread) and is
+    // never deleted once stored.
+    unsafe { libc::pthread_setspecific(key, mark) == 0 }
+}
+
+/// The pthread key's destructor: this thread is exiting.
+#[cfg(unix)]
+extern "C" fn exit_hook(_: *mut libc::c_void) {
+    return_all_credit();
+}
+
+/// Returns every entry's credit, hold and counts through the registry when its thread
+/// exits, and marks the cache exited (later calls on this thread are exact).
+fn return_all_credit() {
+    CACHE.with(|cache| {
+        cache.state.set(EXITED);
+        for (slot, entry) in cache.entries.iter().enumerate() {
+            let token = entry.token.get();
+            if token == 0 {
+                continue;
+            }
+            let (allocs, deallocs, reallocs) = entry.take_counts();
+            let post = Post {
+                returned: entry.credit(),
+                added: 0,
+                allocs,
+                deallocs,
+                reallocs,
+                peak: entry.peak_candidate(),
+                peak_gen: entry.peak_gen.get(),
+                hold: entry.hold(),
+                ..Post::default()
+            };
+            registry::post(slot, token::id(token), post);
+            entry.clear(0);
+        }
+    });
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 //! exceeds the bytes granted to the test, which with everything else live in the process
 //! must stay under the limit.
 
-use allocator_tests::{lift_limit_on_panic, xorshift};
+use allocator_tests::{prepare_backtraces, xorshift};
 use limited_allocator::LimitedAllocator;
 use std::alloc::System;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
@@ -56,7 +56,7 @@ fn work(seed: u64, base: usize, held: &mut Vec<Vec<u8>>) {
 /// The only test of this binary (the global counters see everything the process does).
 #[test]
 fn tight_global_limit_holds_under_threads() {
-    lift_limit_on_panic(&ALLOC);
+    prepare_backtraces();
     let ready = Barrier::new(THREADS + 1);
     let go = Barrier::new(THREADS + 1);
     let done = Barrier::new(THREADS + 1);
