@@ -19,4 +19,5 @@ mod inner_allocator;
 mod large_blocks;
 mod leak_corpus;
 mod model;
+mod overdraft;
 mod standalone;
