@@ -107,7 +107,7 @@ fn work(seed: u64) {
             }
             // Allocate one (replacing what was there): power-of-two sizes, rarely large.
             _ => {
-                let words = if r % 97 == 0 {
+                let words = if r.is_multiple_of(97) {
                     1 << 16 // 512 KiB: past the credit batch, the direct path
                 } else {
                     2 << ((r >> 40) % 9) // 16 B .. 4 KiB
