@@ -49,6 +49,7 @@ mod release;
 mod report;
 mod reservation;
 mod sampler;
+mod scope;
 mod stats;
 mod thread_cache;
 mod timeline;
@@ -78,6 +79,7 @@ pub use pressure::{HysteresisLevel, PressureLevel, PressureThresholds, Threshold
 pub use release::release_free_memory;
 pub use reservation::{EnterError, EnterGuard, Overflow, Reservation};
 pub use sampler::{parse_psi, MemorySample, Psi, Sampler};
+pub use scope::Scoped;
 pub use stats::AllocatorStats;
 #[cfg(feature = "timeline")]
 pub use timeline::TimelineError;
