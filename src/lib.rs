@@ -47,12 +47,15 @@ mod pressure;
 mod registry;
 mod release;
 mod report;
+mod requests;
 mod reservation;
 mod sampler;
 mod scope;
 mod stats;
 mod thread_cache;
 mod timeline;
+#[cfg(feature = "tower")]
+pub mod tower;
 mod units;
 
 pub use allocator::LimitedAllocator;
@@ -77,6 +80,7 @@ pub use monitor::{
 };
 pub use pressure::{HysteresisLevel, PressureLevel, PressureThresholds, ThresholdError};
 pub use release::release_free_memory;
+pub use requests::{RequestSnapshot, RequestStats, ShedReason, PEAK_BUCKETS};
 pub use reservation::{EnterError, EnterGuard, Overflow, Reservation};
 pub use sampler::{parse_psi, MemorySample, Psi, Sampler};
 pub use scope::Scoped;
