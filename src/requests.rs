@@ -2,7 +2,7 @@
 //! histogram), the requests shed before they ran and why, and the allocations refused
 //! inside request budgets. Filled by the `tower` layer (feature `tower`), or by hand around
 //! [`Reservation::scope`](crate::Reservation::scope), and exported by the Prometheus
-//! collector ([`PrometheusCollector::with_requests`](crate::PrometheusCollector::with_requests)).
+//! collector (`PrometheusCollector::with_requests`, feature `prometheus`).
 
 use crate::Reservation;
 use core::fmt;

@@ -1,0 +1,229 @@
+//! The service of `service_budget`: shared with the load test in `allocator-tests/`
+//! (`tests/service_load.rs` includes this file), so the test drives the same code.
+//!
+//! - `GET /work?kib=N`: allocates N KiB (fallibly), fills and sums it across a few yields,
+//!   answers `200 sum=...`; `503 over budget` if the request's own budget cannot hold it.
+//! - `GET /metrics`: the Prometheus text exposition (outside the per-request budget, so
+//!   it answers under pressure too).
+//! - `GET /quit`: stops the server.
+//!
+//! Every `/work` request goes through [`BudgetLayer`]: it is shed with `503` when the
+//! allocator's level (or the monitor's) is at or above the shedding level, or when its
+//! reservation cannot be had.
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::{Request, Response, StatusCode};
+use limited_allocator::tower::{Budget, BudgetError, BudgetLayer};
+use limited_allocator::{
+    LimitedAllocator, MemoryMonitor, Overflow, PressureLevel, PrometheusCollector, RequestStats,
+};
+use prometheus_client::registry::Registry;
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tower_layer::Layer;
+use tower_service::Service;
+
+/// Room in each reservation beyond the work buffer: the handler's own small allocations
+/// (query parsing, the response) under `Overflow::Refuse`.
+pub const REQUEST_SLACK: usize = 32 << 10;
+/// The most one request may reserve (work buffer and slack); larger asks are answered
+/// `503 over budget` by the request itself.
+pub const MAX_REQUEST: usize = (1 << 20) + REQUEST_SLACK;
+
+/// How the service sheds.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// Shed at or above this level.
+    pub shed_at: PressureLevel,
+    /// `false`: no layer at all (for the throughput comparison).
+    pub layer: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            shed_at: limited_allocator::tower::DEFAULT_SHED_AT,
+            layer: true,
+        }
+    }
+}
+
+/// `kib` from a `/work?kib=N` query; 0 when absent or not a number.
+pub fn kib_of<B>(req: &Request<B>) -> usize {
+    req.uri()
+        .query()
+        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("kib=")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Each request reserves what it says it needs, capped at [`MAX_REQUEST`].
+fn request_size(req: &Request<Incoming>) -> usize {
+    kib_of(req)
+        .saturating_mul(1024)
+        .saturating_add(REQUEST_SLACK)
+        .min(MAX_REQUEST)
+}
+
+type Body = Full<Bytes>;
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r
+}
+
+/// The `/work` handler, the inner service of the budget layer.
+#[derive(Clone, Copy)]
+pub struct Work;
+
+impl Service<Request<Incoming>> for Work {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future =
+        std::pin::Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+        let bytes = kib_of(&req).saturating_mul(1024);
+        Box::pin(async move { Ok(work(bytes).await) })
+    }
+}
+
+/// Allocates `bytes` fallibly and fills it in four steps with a yield between them, so
+/// the request holds its memory across polls (and perhaps worker threads).
+async fn work(bytes: usize) -> Response<Body> {
+    let mut buf: Vec<u8> = Vec::new();
+    if buf.try_reserve_exact(bytes).is_err() {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "over budget\n");
+    }
+    let quarter = bytes / 4;
+    for step in 0..4u8 {
+        let n = if step == 3 {
+            bytes - buf.len()
+        } else {
+            quarter
+        };
+        buf.resize(buf.len() + n, step + 1);
+        tokio::task::yield_now().await;
+    }
+    let sum: u64 = buf.iter().map(|&b| u64::from(b)).sum();
+    drop(buf);
+    text(StatusCode::OK, format!("sum={sum}\n"))
+}
+
+/// What [`serve`] hands back when it stops.
+#[derive(Debug, Clone)]
+pub struct Served {
+    /// The per-request numbers.
+    pub stats: RequestStats,
+}
+
+/// Serves on `listener` until `/quit` or `stop` completes.
+pub async fn serve(
+    listener: TcpListener,
+    alloc: &'static LimitedAllocator,
+    settings: Settings,
+    stop: impl Future<Output = ()>,
+) -> std::io::Result<Served> {
+    let monitor = MemoryMonitor::builder()
+        .allocator(alloc)
+        .interval(Duration::from_millis(100))
+        // The allocator's own signal plus RSS against twice its limit; the host's cgroup
+        // and PSI are left out so the example behaves the same on a busy machine.
+        .max_process_memory(2 * alloc.limit() as u64)
+        .use_cgroup_limit(false)
+        .psi_thresholds(None)
+        .start()
+        .map_err(std::io::Error::other)?;
+    let stats = RequestStats::new();
+    let layer = BudgetLayer::new(alloc, REQUEST_SLACK)
+        .size_with(request_size as fn(&Request<Incoming>) -> usize)
+        .overflow(Overflow::Refuse)
+        .shed_at(settings.shed_at)
+        .monitor(monitor.handle())
+        .stats_into(stats.clone());
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(
+        PrometheusCollector::new(monitor.handle()).with_requests(stats.clone()),
+    ));
+    let app = Arc::new(App {
+        budget: layer.layer(Work),
+        registry,
+        layer: settings.layer,
+        quit: Notify::new(),
+    });
+    let mut stop = std::pin::pin!(stop);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(_) => continue, // out of descriptors or the like: the next accept may do
+            },
+            () = app.quit.notified() => break,
+            () = &mut stop => break,
+        };
+        let app = Arc::clone(&app);
+        tokio::spawn(async move {
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let service = hyper::service::service_fn(move |req| {
+                let app = Arc::clone(&app);
+                async move { Ok::<_, Infallible>(app.route(req).await) }
+            });
+            // A client that goes away mid-request is not the server's problem.
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(io, service)
+                .await;
+        });
+    }
+    drop(monitor);
+    Ok(Served { stats })
+}
+
+struct App {
+    budget: Budget<Work, std::alloc::System, fn(&Request<Incoming>) -> usize>,
+    registry: Registry,
+    layer: bool,
+    quit: Notify,
+}
+
+impl App {
+    async fn route(&self, req: Request<Incoming>) -> Response<Body> {
+        match req.uri().path() {
+            "/work" if self.layer => {
+                let mut budget = self.budget.clone();
+                match budget.call(req).await {
+                    Ok(response) => response,
+                    Err(BudgetError::Shed(shed)) => {
+                        text(StatusCode::SERVICE_UNAVAILABLE, format!("{shed}\n"))
+                    }
+                    Err(BudgetError::Inner(never)) => match never {},
+                }
+            }
+            "/work" => work(kib_of(&req) * 1024).await,
+            "/metrics" => {
+                let mut body = String::new();
+                match prometheus_client::encoding::text::encode(&mut body, &self.registry) {
+                    Ok(()) => text(StatusCode::OK, body),
+                    Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "encoding failed\n"),
+                }
+            }
+            "/quit" => {
+                self.quit.notify_one();
+                text(StatusCode::OK, "bye\n")
+            }
+            _ => text(StatusCode::NOT_FOUND, "try /work?kib=N or /metrics\n"),
+        }
+    }
+}
