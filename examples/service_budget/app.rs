@@ -1,8 +1,8 @@
 //! The service of `service_budget`: shared with the load test in `allocator-tests/`
 //! (`tests/service_load.rs` includes this file), so the test drives the same code.
 //!
-//! - `GET /work?kib=N`: allocates N KiB (fallibly), fills and sums it across a few yields,
-//!   answers `200 sum=...`; `503 over budget` if the request's own budget cannot hold it.
+//! - `GET /work?kib=N&ms=M`: allocates N KiB (fallibly), fills and sums it across a few
+//!   yields, holds it M ms (default 0), answers `200 sum=...`; `503 over budget` if the request's own budget cannot hold it.
 //! - `GET /metrics`: the Prometheus text exposition (outside the per-request budget, so
 //!   it answers under pressure too).
 //! - `GET /quit`: stops the server.
@@ -53,19 +53,31 @@ impl Default for Settings {
     }
 }
 
-/// `kib` from a `/work?kib=N` query; 0 when absent or not a number.
-pub fn kib_of<B>(req: &Request<B>) -> usize {
+/// Parameter `name` (`kib`, `ms`) of a `/work?kib=N&ms=M` query; 0 when absent or not a
+/// number.
+pub fn param<B>(req: &Request<B>, name: &str) -> usize {
     req.uri()
         .query()
-        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("kib=")))
+        .and_then(|q| {
+            q.split('&')
+                .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+        })
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
 }
 
+/// What a `/work` request asks for: bytes to allocate, milliseconds to hold them.
+fn work_of<B>(req: &Request<B>) -> (usize, u64) {
+    (
+        param(req, "kib").saturating_mul(1024),
+        param(req, "ms").min(10_000) as u64,
+    )
+}
+
 /// Each request reserves what it says it needs, capped at [`MAX_REQUEST`].
 fn request_size(req: &Request<Incoming>) -> usize {
-    kib_of(req)
-        .saturating_mul(1024)
+    work_of(req)
+        .0
         .saturating_add(REQUEST_SLACK)
         .min(MAX_REQUEST)
 }
@@ -96,29 +108,38 @@ impl Service<Request<Incoming>> for Work {
     }
 
     fn call(&mut self, req: Request<Incoming>) -> Self::Future {
-        let bytes = kib_of(&req).saturating_mul(1024);
-        Box::pin(async move { Ok(work(bytes).await) })
+        let (bytes, ms) = work_of(&req);
+        Box::pin(async move { Ok(work(bytes, ms).await) })
     }
 }
 
 /// Allocates `bytes` fallibly and fills it in four steps with a yield between them, so
-/// the request holds its memory across polls (and perhaps worker threads).
-async fn work(bytes: usize) -> Response<Body> {
+/// the request holds its memory across polls (and perhaps worker threads), then holds it
+/// `ms` milliseconds more.
+async fn work(bytes: usize, ms: u64) -> Response<Body> {
+    /// Filled by copying pages (a `memcpy`, quick in debug builds too).
+    static PAGES: [[u8; 4096]; 4] = [[1; 4096], [2; 4096], [3; 4096], [4; 4096]];
     let mut buf: Vec<u8> = Vec::new();
     if buf.try_reserve_exact(bytes).is_err() {
         return text(StatusCode::SERVICE_UNAVAILABLE, "over budget\n");
     }
-    let quarter = bytes / 4;
-    for step in 0..4u8 {
-        let n = if step == 3 {
-            bytes - buf.len()
+    for (step, page) in PAGES.iter().enumerate() {
+        let end = if step == 3 {
+            bytes
         } else {
-            quarter
+            bytes / 4 * (step + 1)
         };
-        buf.resize(buf.len() + n, step + 1);
+        while buf.len() < end {
+            let n = (end - buf.len()).min(page.len());
+            buf.extend_from_slice(&page[..n]);
+        }
         tokio::task::yield_now().await;
     }
-    let sum: u64 = buf.iter().map(|&b| u64::from(b)).sum();
+    if ms > 0 {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    // One byte per 512 is enough to read every page back.
+    let sum: u64 = buf.iter().step_by(512).map(|&b| u64::from(b)).sum();
     drop(buf);
     text(StatusCode::OK, format!("sum={sum}\n"))
 }
@@ -211,7 +232,10 @@ impl App {
                     Err(BudgetError::Inner(never)) => match never {},
                 }
             }
-            "/work" => work(kib_of(&req) * 1024).await,
+            "/work" => {
+                let (bytes, ms) = work_of(&req);
+                work(bytes, ms).await
+            }
             "/metrics" => {
                 let mut body = String::new();
                 match prometheus_client::encoding::text::encode(&mut body, &self.registry) {
