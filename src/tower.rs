@@ -6,8 +6,9 @@
 //!    level](crate::LimitedAllocator::pressure_level), or the [monitor's](crate::MonitorHandle)
 //!    combined level, is at or above the configured [`shed_at`](BudgetLayer::shed_at) level;
 //! 2. takes a [`Reservation`] of the request's size (a fixed default, or computed from the
-//!    request by [`size_with`](BudgetLayer::size_with)); if the budget cannot give it, the
-//!    request is shed too;
+//!    request by [`size_with`](BudgetLayer::size_with)); if the budget cannot give it, or
+//!    the allocator's level with it charged is at or above `shed_at`, the request is shed
+//!    too (so what admitted requests reserve stays below the shedding level);
 //! 3. runs the inner service's `call` and its future with that reservation entered on every
 //!    poll (the [`Reservation::scope`] mechanism), under the configured [`Overflow`];
 //! 4. records the request's peak (and the allocations refused inside it) in
@@ -441,6 +442,15 @@ impl<A> Settings<A> {
             .allocator
             .try_reserve(size)
             .map_err(|_| self.shed(ShedReason::Reservation, level, size))?;
+        // Checked again with the reservation charged: requests admitted together cannot
+        // take the budget past the shedding level between them (only the few being
+        // admitted at this instant, one per thread calling the service, may pass it,
+        // and they give it back here).
+        let level = self.allocator.pressure_level();
+        if level >= self.shed_at {
+            drop(reservation);
+            return Err(self.shed(ShedReason::AllocatorLevel, level, size));
+        }
         reservation.set_overflow(self.overflow);
         Ok(reservation)
     }

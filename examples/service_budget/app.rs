@@ -16,7 +16,8 @@ use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response, StatusCode};
 use limited_allocator::tower::{Budget, BudgetError, BudgetLayer};
 use limited_allocator::{
-    LimitedAllocator, MemoryMonitor, Overflow, PressureLevel, PrometheusCollector, RequestStats,
+    LimitedAllocator, MemoryMonitor, Overflow, PressureLevel, PressureThresholds,
+    PrometheusCollector, RequestStats,
 };
 use prometheus_client::registry::Registry;
 use std::convert::Infallible;
@@ -164,6 +165,11 @@ pub async fn serve(
         // The allocator's own signal plus RSS against twice its limit; the host's cgroup
         // and PSI are left out so the example behaves the same on a busy machine.
         .max_process_memory(2 * alloc.limit() as u64)
+        // High at 90 %, past the allocator's own instant check (80 %): the monitor samples
+        // every interval and falls back with hysteresis, so at the same cut it would shed
+        // for whole intervals after the allocator has recovered. Here it is the backstop
+        // for what the allocator cannot see (RSS).
+        .thresholds(PressureThresholds::new(70.0, 90.0, 97.0).expect("valid thresholds"))
         .use_cgroup_limit(false)
         .psi_thresholds(None)
         .start()
