@@ -56,6 +56,8 @@ mod thread_cache;
 mod timeline;
 #[cfg(feature = "tower")]
 pub mod tower;
+#[cfg(feature = "tracing")]
+pub mod tracing;
 mod units;
 
 pub use allocator::LimitedAllocator;
