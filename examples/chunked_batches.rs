@@ -3,7 +3,8 @@
 //! Run: `cargo run --release --example chunked_batches`
 
 use arrow_array::{Array, Float64Array, Int64Array, RecordBatch};
-use limited_allocator::{AdaptiveChunker, ChunkConfig, LimitedAllocator, PressureLevel};
+use limited_allocator::chunking::{AdaptiveChunker, ChunkConfig};
+use limited_allocator::{LimitedAllocator, PressureLevel};
 use std::alloc::System;
 use std::sync::Arc;
 

@@ -11,7 +11,9 @@
 //! cycle fills it in 5 % steps (Low, Medium at 60 %, High at 80 %, Critical at 95 %, then a
 //! refused step), and frees everything (back to Low).
 
-use limited_allocator::{LimitedAllocator, MemoryMonitor, PrometheusCollector};
+use limited_allocator::metrics::PrometheusCollector;
+use limited_allocator::monitor::MemoryMonitor;
+use limited_allocator::LimitedAllocator;
 use prometheus_client::registry::Registry;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};

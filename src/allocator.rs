@@ -229,7 +229,7 @@ impl<A> LimitedAllocator<A> {
     /// a.set_thresholds(PressureThresholds::new(50.0, 70.0, 90.0)?);
     /// let _r = a.try_reserve(700).unwrap();
     /// assert_eq!(a.pressure_level(), PressureLevel::High);
-    /// # Ok::<(), limited_allocator::ThresholdError>(())
+    /// # Ok::<(), limited_allocator::pressure::ThresholdError>(())
     /// ```
     pub fn set_thresholds(&self, thresholds: PressureThresholds) {
         self.core.set_thresholds_bits(thresholds.to_bits());

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 /// How an [`AdaptiveChunker`] sizes its chunks.
 ///
 /// ```
-/// use limited_allocator::ChunkConfig;
+/// use limited_allocator::chunking::ChunkConfig;
 /// let config = ChunkConfig::new(100_000, 64).with_min_rows(1_000).with_check_every(5);
 /// assert_eq!((config.start_rows, config.min_rows, config.check_every), (100_000, 1_000, 5));
 /// assert!(config.validate().is_ok());
@@ -56,7 +56,7 @@ impl ChunkConfig {
     /// and a check every [`DEFAULT_CHECK_EVERY`](Self::DEFAULT_CHECK_EVERY) chunks.
     ///
     /// ```
-    /// let c = limited_allocator::ChunkConfig::new(6400, 8);
+    /// let c = limited_allocator::chunking::ChunkConfig::new(6400, 8);
     /// assert_eq!((c.min_rows, c.check_every, c.bytes_per_row), (100, 10, 8));
     /// ```
     pub fn new(start_rows: usize, bytes_per_row: usize) -> Self {
@@ -71,7 +71,7 @@ impl ChunkConfig {
     /// Sets the floor chunk size.
     ///
     /// ```
-    /// let c = limited_allocator::ChunkConfig::new(1000, 8).with_min_rows(10);
+    /// let c = limited_allocator::chunking::ChunkConfig::new(1000, 8).with_min_rows(10);
     /// assert_eq!(c.min_rows, 10);
     /// ```
     pub fn with_min_rows(mut self, rows: usize) -> Self {
@@ -82,7 +82,7 @@ impl ChunkConfig {
     /// Sets the pressure check interval, in chunks.
     ///
     /// ```
-    /// let c = limited_allocator::ChunkConfig::new(1000, 8).with_check_every(1);
+    /// let c = limited_allocator::chunking::ChunkConfig::new(1000, 8).with_check_every(1);
     /// assert_eq!(c.check_every, 1);
     /// ```
     pub fn with_check_every(mut self, chunks: usize) -> Self {
@@ -94,7 +94,7 @@ impl ChunkConfig {
     /// check interval.
     ///
     /// ```
-    /// use limited_allocator::{ChunkConfig, ChunkError};
+    /// use limited_allocator::chunking::{ChunkConfig, ChunkError};
     /// let bad = ChunkConfig::new(100, 8).with_min_rows(200);
     /// assert_eq!(bad.validate(), Err(ChunkError::FloorAboveStart { min_rows: 200, start_rows: 100 }));
     /// ```
@@ -119,7 +119,8 @@ impl ChunkConfig {
 /// Why chunked processing could not start or go on.
 ///
 /// ```
-/// use limited_allocator::{AdaptiveChunker, ChunkConfig, ChunkError, LimitedAllocator};
+/// use limited_allocator::LimitedAllocator;
+/// use limited_allocator::chunking::{AdaptiveChunker, ChunkConfig, ChunkError};
 /// let budget = LimitedAllocator::new(std::alloc::System, 1000);
 /// let err = AdaptiveChunker::new(&budget, 10, ChunkConfig::new(10, 1).with_check_every(0))
 ///     .unwrap_err();
@@ -175,7 +176,7 @@ pub enum ChunkError {
 /// Chunks handed out and time spent at one pressure level.
 ///
 /// ```
-/// let t = limited_allocator::LevelTime::default();
+/// let t = limited_allocator::chunking::LevelTime::default();
 /// assert_eq!((t.chunks, t.time), (0, std::time::Duration::ZERO));
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -189,11 +190,12 @@ pub struct LevelTime {
 /// What an [`AdaptiveChunker`] did.
 ///
 /// ```
-/// use limited_allocator::{process_in_chunks, ChunkConfig, LimitedAllocator};
+/// use limited_allocator::LimitedAllocator;
+/// use limited_allocator::chunking::{process_in_chunks, ChunkConfig};
 /// let budget = LimitedAllocator::new(std::alloc::System, 1 << 20);
 /// let report = process_in_chunks(&budget, 1000, ChunkConfig::new(100, 8), |_rows| {})?;
 /// assert_eq!((report.chunks, report.rows, report.shrinks), (10, 1000, 0));
-/// # Ok::<(), limited_allocator::ChunkError>(())
+/// # Ok::<(), limited_allocator::chunking::ChunkError>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 #[non_exhaustive]
@@ -222,7 +224,8 @@ impl ChunkReport {
     /// Chunks and time at `level`.
     ///
     /// ```
-    /// use limited_allocator::{ChunkReport, PressureLevel};
+    /// use limited_allocator::PressureLevel;
+    /// use limited_allocator::chunking::ChunkReport;
     /// assert_eq!(ChunkReport::default().at(PressureLevel::High).chunks, 0);
     /// ```
     pub fn at(&self, level: PressureLevel) -> LevelTime {
@@ -242,7 +245,8 @@ impl ChunkReport {
 /// (after one release round) it yields [`ChunkError::CannotAfford`] and then ends.
 ///
 /// ```
-/// use limited_allocator::{AdaptiveChunker, ChunkConfig, LimitedAllocator};
+/// use limited_allocator::LimitedAllocator;
+/// use limited_allocator::chunking::{AdaptiveChunker, ChunkConfig};
 ///
 /// let budget = LimitedAllocator::new(std::alloc::System, 1 << 20);
 /// let _pressure = budget.try_reserve(900 << 10)?; // 86 %: High
@@ -276,7 +280,8 @@ impl<'a, A> AdaptiveChunker<'a, A> {
     /// A chunker over rows `0..total_rows`, steered by `budget`; fails on a bad `config`.
     ///
     /// ```
-    /// use limited_allocator::{AdaptiveChunker, ChunkConfig, ChunkError, LimitedAllocator};
+    /// use limited_allocator::LimitedAllocator;
+    /// use limited_allocator::chunking::{AdaptiveChunker, ChunkConfig, ChunkError};
     /// let budget = LimitedAllocator::new(std::alloc::System, 1000);
     /// let bad = ChunkConfig::new(10, 1).with_min_rows(0);
     /// assert_eq!(AdaptiveChunker::new(&budget, 5, bad).err(), Some(ChunkError::ZeroFloor));
@@ -310,12 +315,13 @@ impl<'a, A> AdaptiveChunker<'a, A> {
     /// that drops a cache. Hooks run in registration order, then [`release_free_memory`].
     ///
     /// ```
-    /// use limited_allocator::{AdaptiveChunker, ChunkConfig, LimitedAllocator};
+    /// use limited_allocator::LimitedAllocator;
+    /// use limited_allocator::chunking::{AdaptiveChunker, ChunkConfig};
     /// let budget = LimitedAllocator::new(std::alloc::System, 1000);
     /// let mut cache = vec![1, 2, 3];
     /// let mut chunker = AdaptiveChunker::new(&budget, 10, ChunkConfig::new(5, 1))?;
     /// chunker.add_release_hook(move || cache.clear());
-    /// # Ok::<(), limited_allocator::ChunkError>(())
+    /// # Ok::<(), limited_allocator::chunking::ChunkError>(())
     /// ```
     pub fn add_release_hook(&mut self, hook: impl FnMut() + 'a) -> &mut Self {
         self.hooks.push(Box::new(hook));
@@ -325,11 +331,12 @@ impl<'a, A> AdaptiveChunker<'a, A> {
     /// The chunk size in force now, in rows.
     ///
     /// ```
-    /// use limited_allocator::{AdaptiveChunker, ChunkConfig, LimitedAllocator};
+    /// use limited_allocator::LimitedAllocator;
+    /// use limited_allocator::chunking::{AdaptiveChunker, ChunkConfig};
     /// let budget = LimitedAllocator::new(std::alloc::System, 1000);
     /// let chunker = AdaptiveChunker::new(&budget, 10, ChunkConfig::new(5, 1))?;
     /// assert_eq!(chunker.chunk_rows(), 5);
-    /// # Ok::<(), limited_allocator::ChunkError>(())
+    /// # Ok::<(), limited_allocator::chunking::ChunkError>(())
     /// ```
     pub fn chunk_rows(&self) -> usize {
         self.chunk_rows
@@ -338,11 +345,12 @@ impl<'a, A> AdaptiveChunker<'a, A> {
     /// The pressure level read at the last check.
     ///
     /// ```
-    /// use limited_allocator::{AdaptiveChunker, ChunkConfig, LimitedAllocator, PressureLevel};
+    /// use limited_allocator::{LimitedAllocator, PressureLevel};
+    /// use limited_allocator::chunking::{AdaptiveChunker, ChunkConfig};
     /// let budget = LimitedAllocator::new(std::alloc::System, 1000);
     /// let chunker = AdaptiveChunker::new(&budget, 10, ChunkConfig::new(5, 1))?;
     /// assert_eq!(chunker.level(), PressureLevel::Low);
-    /// # Ok::<(), limited_allocator::ChunkError>(())
+    /// # Ok::<(), limited_allocator::chunking::ChunkError>(())
     /// ```
     pub fn level(&self) -> PressureLevel {
         self.level
@@ -351,12 +359,13 @@ impl<'a, A> AdaptiveChunker<'a, A> {
     /// What the chunker did so far.
     ///
     /// ```
-    /// use limited_allocator::{AdaptiveChunker, ChunkConfig, LimitedAllocator};
+    /// use limited_allocator::LimitedAllocator;
+    /// use limited_allocator::chunking::{AdaptiveChunker, ChunkConfig};
     /// let budget = LimitedAllocator::new(std::alloc::System, 1000);
     /// let mut chunker = AdaptiveChunker::new(&budget, 10, ChunkConfig::new(5, 1))?;
     /// chunker.next_chunk();
     /// assert_eq!(chunker.report().rows, 5);
-    /// # Ok::<(), limited_allocator::ChunkError>(())
+    /// # Ok::<(), limited_allocator::chunking::ChunkError>(())
     /// ```
     pub fn report(&self) -> ChunkReport {
         let mut report = self.report.clone();
@@ -370,14 +379,15 @@ impl<'a, A> AdaptiveChunker<'a, A> {
     /// Reads the pressure when a check is due and checks that the chunk is affordable.
     ///
     /// ```
-    /// use limited_allocator::{AdaptiveChunker, ChunkConfig, LimitedAllocator};
+    /// use limited_allocator::LimitedAllocator;
+    /// use limited_allocator::chunking::{AdaptiveChunker, ChunkConfig};
     /// let budget = LimitedAllocator::new(std::alloc::System, 1000);
     /// let mut chunker = AdaptiveChunker::new(&budget, 12, ChunkConfig::new(5, 1))?;
     /// assert_eq!(chunker.next_chunk(), Some(Ok(0..5)));
     /// assert_eq!(chunker.next_chunk(), Some(Ok(5..10)));
     /// assert_eq!(chunker.next_chunk(), Some(Ok(10..12)));
     /// assert_eq!(chunker.next_chunk(), None);
-    /// # Ok::<(), limited_allocator::ChunkError>(())
+    /// # Ok::<(), limited_allocator::chunking::ChunkError>(())
     /// ```
     pub fn next_chunk(&mut self) -> Option<Result<Range<usize>, ChunkError>> {
         self.close_previous();
@@ -524,7 +534,8 @@ impl<A> fmt::Debug for AdaptiveChunker<'_, A> {
 /// returns its report, or the error that stopped it.
 ///
 /// ```
-/// use limited_allocator::{process_in_chunks, ChunkConfig, LimitedAllocator};
+/// use limited_allocator::LimitedAllocator;
+/// use limited_allocator::chunking::{process_in_chunks, ChunkConfig};
 ///
 /// let budget = LimitedAllocator::new(std::alloc::System, 1 << 20);
 /// let data: Vec<u64> = (0..10_000).collect();
@@ -534,7 +545,7 @@ impl<A> fmt::Debug for AdaptiveChunker<'_, A> {
 /// })?;
 /// assert_eq!(sum, 49_995_000);
 /// assert_eq!(report.rows, 10_000);
-/// # Ok::<(), limited_allocator::ChunkError>(())
+/// # Ok::<(), limited_allocator::chunking::ChunkError>(())
 /// ```
 pub fn process_in_chunks<A>(
     budget: &LimitedAllocator<A>,
@@ -555,7 +566,7 @@ pub fn process_in_chunks<A>(
 ///
 /// ```
 /// use arrow_buffer::ScalarBuffer;
-/// use limited_allocator::SliceRows;
+/// use limited_allocator::chunking::SliceRows;
 /// let values = ScalarBuffer::from(vec![1i64, 2, 3, 4, 5]);
 /// assert_eq!(&values.slice_rows(1..4)[..], &[2, 3, 4]);
 /// ```

@@ -21,7 +21,7 @@ use std::time::Duration;
 /// Which series a trend is about.
 ///
 /// ```
-/// use limited_allocator::LeakMetric;
+/// use limited_allocator::leak::LeakMetric;
 /// assert_eq!(LeakMetric::Rss.as_str(), "rss");
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -38,7 +38,7 @@ impl LeakMetric {
     /// A short lower-case name (`"allocated_bytes"`, `"rss"`), as used in metric labels.
     ///
     /// ```
-    /// assert_eq!(limited_allocator::LeakMetric::AllocatedBytes.as_str(), "allocated_bytes");
+    /// assert_eq!(limited_allocator::leak::LeakMetric::AllocatedBytes.as_str(), "allocated_bytes");
     /// ```
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -58,7 +58,7 @@ impl fmt::Display for LeakMetric {
 /// straight line fits that growth with `r_squared`.
 ///
 /// ```
-/// use limited_allocator::{LeakMetric, LeakSuspected};
+/// use limited_allocator::leak::{LeakMetric, LeakSuspected};
 /// use std::time::Duration;
 /// let event = LeakSuspected {
 ///     metric: LeakMetric::Rss,
@@ -104,7 +104,7 @@ impl fmt::Display for LeakSuspected {
 /// The least-squares fit of a window of samples.
 ///
 /// ```
-/// use limited_allocator::{LeakConfig, LeakMetric, TrendDetector};
+/// use limited_allocator::leak::{LeakConfig, LeakMetric, TrendDetector};
 /// use std::time::Duration;
 /// let mut d = TrendDetector::new(LeakMetric::Rss, LeakConfig::default());
 /// for i in 0..10u64 {
@@ -129,7 +129,7 @@ pub struct Trend {
 /// How sure the detector must be before it suspects a leak.
 ///
 /// ```
-/// use limited_allocator::LeakConfig;
+/// use limited_allocator::leak::LeakConfig;
 /// use std::time::Duration;
 /// let config = LeakConfig {
 ///     window: Duration::from_secs(300),
@@ -167,7 +167,7 @@ impl Default for LeakConfig {
 /// R² of at least `min_r_squared`. Raised once per episode, re-armed when it stops holding.
 ///
 /// ```
-/// use limited_allocator::{LeakConfig, LeakMetric, TrendDetector};
+/// use limited_allocator::leak::{LeakConfig, LeakMetric, TrendDetector};
 /// use std::time::Duration;
 ///
 /// let config = LeakConfig { window: Duration::from_secs(60), ..LeakConfig::default() };
@@ -194,7 +194,7 @@ impl TrendDetector {
     /// An empty detector for `metric`.
     ///
     /// ```
-    /// use limited_allocator::{LeakConfig, LeakMetric, TrendDetector};
+    /// use limited_allocator::leak::{LeakConfig, LeakMetric, TrendDetector};
     /// let d = TrendDetector::new(LeakMetric::Rss, LeakConfig::default());
     /// assert!(d.fit().is_none());
     /// ```
@@ -210,7 +210,7 @@ impl TrendDetector {
     /// The configuration.
     ///
     /// ```
-    /// use limited_allocator::{LeakConfig, LeakMetric, TrendDetector};
+    /// use limited_allocator::leak::{LeakConfig, LeakMetric, TrendDetector};
     /// let d = TrendDetector::new(LeakMetric::Rss, LeakConfig::default());
     /// assert_eq!(d.config().min_samples, 10);
     /// ```
@@ -224,7 +224,7 @@ impl TrendDetector {
     /// ignored.
     ///
     /// ```
-    /// use limited_allocator::{LeakConfig, LeakMetric, TrendDetector};
+    /// use limited_allocator::leak::{LeakConfig, LeakMetric, TrendDetector};
     /// use std::time::Duration;
     /// let mut d = TrendDetector::new(LeakMetric::Rss, LeakConfig::default());
     /// assert!(d.observe(Duration::from_secs(1), 100).is_none());
@@ -266,7 +266,7 @@ impl TrendDetector {
     /// Whether a leak is suspected now (the state after the last [`observe`](Self::observe)).
     ///
     /// ```
-    /// use limited_allocator::{LeakConfig, LeakMetric, TrendDetector};
+    /// use limited_allocator::leak::{LeakConfig, LeakMetric, TrendDetector};
     /// let d = TrendDetector::new(LeakMetric::Rss, LeakConfig::default());
     /// assert!(!d.is_suspected());
     /// ```
@@ -278,7 +278,7 @@ impl TrendDetector {
     /// distinct times.
     ///
     /// ```
-    /// use limited_allocator::{LeakConfig, LeakMetric, TrendDetector};
+    /// use limited_allocator::leak::{LeakConfig, LeakMetric, TrendDetector};
     /// use std::time::Duration;
     /// let mut d = TrendDetector::new(LeakMetric::Rss, LeakConfig::default());
     /// d.observe(Duration::from_secs(0), 5);
@@ -462,7 +462,7 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[test]
     fn real_leak_in_this_process_is_found() {
-        let sampler = crate::Sampler::new();
+        let sampler = crate::sampler::Sampler::new();
         let config = LeakConfig {
             window: Duration::from_secs(30),
             min_bytes_per_sec: 256.0 * 1024.0,

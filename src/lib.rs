@@ -30,64 +30,45 @@
 #![deny(missing_docs)]
 #![warn(unsafe_op_in_unsafe_fn)]
 
+// The budget's core: private, its public shells re-exported below.
 mod accounting;
 mod allocator;
-#[cfg(feature = "allocator-api2")]
-mod allocator_api;
-#[cfg(feature = "arrow")]
-mod arrow_pool;
-mod cgroup;
-mod chunking;
-mod config;
 mod error;
-mod leak;
-mod metrics;
-mod monitor;
-mod pressure;
 mod registry;
 mod release;
 mod report;
 mod requests;
 mod reservation;
-mod sampler;
 mod scope;
 mod stats;
 mod thread_cache;
-mod timeline;
+mod units;
+
+pub mod chunking;
+pub mod config;
+pub mod leak;
+pub mod metrics;
+pub mod monitor;
+pub mod pressure;
+pub mod sampler;
+pub mod timeline;
+
+// Integrations, one module each, behind their feature.
+#[cfg(feature = "allocator-api2")]
+pub mod allocator_api2;
+#[cfg(feature = "arrow")]
+pub mod arrow;
 #[cfg(feature = "tower")]
 pub mod tower;
 #[cfg(feature = "tracing")]
 pub mod tracing;
-mod units;
 
 pub use allocator::LimitedAllocator;
-#[cfg(feature = "arrow")]
-pub use arrow_pool::PoolRole;
-pub use cgroup::{read_cgroup_memory, CgroupMemory, CgroupVersion};
-#[cfg(feature = "arrow")]
-pub use chunking::SliceRows;
-pub use chunking::{
-    process_in_chunks, AdaptiveChunker, ChunkConfig, ChunkError, ChunkReport, LevelTime,
-};
-pub use config::{limit_from_env, limit_from_var, ConfigError, LIMIT_ENV_VAR};
+pub use config::limit_from_env;
 pub use error::LimitExceeded;
-pub use leak::{LeakConfig, LeakMetric, LeakSuspected, Trend, TrendDetector};
-#[cfg(feature = "prometheus")]
-pub use metrics::PrometheusCollector;
-pub use metrics::{AllocatorSnapshot, LevelSnapshot, Snapshot};
-pub use monitor::{
-    default_psi_thresholds, BudgetSource, LevelStats, LimitSource, MemoryMonitor, MonitorBuilder,
-    MonitorError, MonitorEvent, MonitorHandle, MonitorSample, MonitorStats, Reason, Signal,
-    StageGuard, StageStats,
-};
-pub use pressure::{HysteresisLevel, PressureLevel, PressureThresholds, ThresholdError};
+pub use pressure::{PressureLevel, PressureThresholds};
 pub use release::release_free_memory;
-pub use requests::{RequestSnapshot, RequestStats, ShedReason, PEAK_BUCKETS};
 pub use reservation::{EnterError, EnterGuard, Overflow, Reservation};
-pub use sampler::{parse_psi, MemorySample, Psi, Sampler};
 pub use scope::Scoped;
 pub use stats::AllocatorStats;
-#[cfg(feature = "timeline")]
-pub use timeline::TimelineError;
-pub use timeline::{Timeline, TimelinePoint};
-pub use units::{parse_size, ByteSize, SizeParseError};
+pub use units::ByteSize;

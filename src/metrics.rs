@@ -26,15 +26,17 @@ use crate::monitor::{MonitorHandle, Reason, Signal, StageStats};
 use crate::sampler::MemorySample;
 use crate::PressureLevel;
 
+pub use crate::requests::{RequestSnapshot, RequestStats, ShedReason, PEAK_BUCKETS};
+
 /// The allocator's numbers in a [`Snapshot`]. Counters the source does not report are
-/// `None` (a plain [`BudgetSource`](crate::BudgetSource) reports only the first three).
+/// `None` (a plain [`BudgetSource`](crate::monitor::BudgetSource) reports only the first three).
 ///
 /// ```no_run
-/// # let monitor = limited_allocator::MemoryMonitor::builder().build()?;
+/// # let monitor = limited_allocator::monitor::MemoryMonitor::builder().build()?;
 /// if let Some(a) = monitor.snapshot().allocator {
 ///     println!("{} of {:?} bytes", a.allocated_bytes, a.limit_bytes);
 /// }
-/// # Ok::<(), limited_allocator::MonitorError>(())
+/// # Ok::<(), limited_allocator::monitor::MonitorError>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Default)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
@@ -69,7 +71,7 @@ pub struct AllocatorSnapshot {
 /// Time and samples at one level, in a [`Snapshot`].
 ///
 /// ```
-/// let l = limited_allocator::LevelSnapshot::default();
+/// let l = limited_allocator::metrics::LevelSnapshot::default();
 /// assert_eq!(l.seconds, 0.0);
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
@@ -87,12 +89,12 @@ pub struct LevelSnapshot {
 /// sampler reading, and the monitor's statistics.
 ///
 /// ```
-/// let monitor = limited_allocator::MemoryMonitor::builder().build()?;
+/// let monitor = limited_allocator::monitor::MemoryMonitor::builder().build()?;
 /// monitor.sample_now();
 /// let snapshot = monitor.snapshot();
 /// assert_eq!(snapshot.samples, 1);
 /// assert_eq!(snapshot.levels.len(), 4);
-/// # Ok::<(), limited_allocator::MonitorError>(())
+/// # Ok::<(), limited_allocator::monitor::MonitorError>(())
 /// ```
 #[derive(Debug, Clone, PartialEq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
@@ -132,11 +134,11 @@ impl Snapshot {
     /// The level of one signal in the last sample, `None` when it could not be read.
     ///
     /// ```
-    /// use limited_allocator::Signal;
-    /// let monitor = limited_allocator::MemoryMonitor::builder().psi_thresholds(None).build()?;
+    /// use limited_allocator::monitor::Signal;
+    /// let monitor = limited_allocator::monitor::MemoryMonitor::builder().psi_thresholds(None).build()?;
     /// monitor.sample_now();
     /// assert_eq!(monitor.snapshot().signal_level(Signal::Psi), None);
-    /// # Ok::<(), limited_allocator::MonitorError>(())
+    /// # Ok::<(), limited_allocator::monitor::MonitorError>(())
     /// ```
     pub fn signal_level(&self, signal: Signal) -> Option<PressureLevel> {
         self.reasons
@@ -150,10 +152,10 @@ impl MonitorHandle {
     /// A [`Snapshot`] of every number now.
     ///
     /// ```
-    /// let monitor = limited_allocator::MemoryMonitor::builder().build()?;
+    /// let monitor = limited_allocator::monitor::MemoryMonitor::builder().build()?;
     /// let s = monitor.snapshot();
     /// assert_eq!(s.samples, 0);
-    /// # Ok::<(), limited_allocator::MonitorError>(())
+    /// # Ok::<(), limited_allocator::monitor::MonitorError>(())
     /// ```
     pub fn snapshot(&self) -> Snapshot {
         let stats = self.stats();
@@ -236,7 +238,8 @@ mod prom {
     /// every scrape reads a fresh [`Snapshot`]. The metric names are listed in `docs/monitoring.md`.
     ///
     /// ```
-    /// use limited_allocator::{MemoryMonitor, PrometheusCollector};
+    /// use limited_allocator::metrics::PrometheusCollector;
+    /// use limited_allocator::monitor::MemoryMonitor;
     /// use prometheus_client::registry::Registry;
     ///
     /// let monitor = MemoryMonitor::builder().build()?;
@@ -246,21 +249,21 @@ mod prom {
     /// let mut text = String::new();
     /// prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
     /// assert!(text.contains("limited_allocator_pressure_level 0"));
-    /// # Ok::<(), limited_allocator::MonitorError>(())
+    /// # Ok::<(), limited_allocator::monitor::MonitorError>(())
     /// ```
     #[derive(Debug, Clone)]
     pub struct PrometheusCollector {
         handle: MonitorHandle,
-        requests: Option<crate::RequestStats>,
+        requests: Option<RequestStats>,
     }
 
     impl PrometheusCollector {
         /// A collector reading from `handle`.
         ///
         /// ```
-        /// let monitor = limited_allocator::MemoryMonitor::builder().build()?;
-        /// let c = limited_allocator::PrometheusCollector::new(monitor.handle());
-        /// # Ok::<(), limited_allocator::MonitorError>(())
+        /// let monitor = limited_allocator::monitor::MemoryMonitor::builder().build()?;
+        /// let c = limited_allocator::metrics::PrometheusCollector::new(monitor.handle());
+        /// # Ok::<(), limited_allocator::monitor::MonitorError>(())
         /// ```
         pub fn new(handle: MonitorHandle) -> Self {
             Self {
@@ -273,19 +276,20 @@ mod prom {
         /// histogram), `requests_shed_total{reason}` and `request_refusals_total`.
         ///
         /// ```
-        /// use limited_allocator::{MemoryMonitor, PrometheusCollector, RequestStats};
+        /// use limited_allocator::metrics::{PrometheusCollector, RequestStats};
+        /// use limited_allocator::monitor::MemoryMonitor;
         /// let monitor = MemoryMonitor::builder().build()?;
         /// let requests = RequestStats::new(); // given to the tower layer too
         /// let c = PrometheusCollector::new(monitor.handle()).with_requests(requests.clone());
-        /// # Ok::<(), limited_allocator::MonitorError>(())
+        /// # Ok::<(), limited_allocator::monitor::MonitorError>(())
         /// ```
-        pub fn with_requests(mut self, requests: crate::RequestStats) -> Self {
+        pub fn with_requests(mut self, requests: RequestStats) -> Self {
             self.requests = Some(requests);
             self
         }
     }
 
-    fn encode_requests(out: &mut Out<'_, '_>, r: &crate::RequestSnapshot) -> Result<(), Error> {
+    fn encode_requests(out: &mut Out<'_, '_>, r: &RequestSnapshot) -> Result<(), Error> {
         let name = out.name("request_peak").to_string();
         let mut m = out.enc.encode_descriptor(
             &name,
@@ -588,8 +592,10 @@ mod prom {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cgroup::tests::Fixture;
-    use crate::{LimitedAllocator, MemoryMonitor, Sampler};
+    use crate::monitor::MemoryMonitor;
+    use crate::sampler::cgroup::tests::Fixture;
+    use crate::sampler::Sampler;
+    use crate::LimitedAllocator;
     use std::sync::Arc;
     use std::time::Duration;
 

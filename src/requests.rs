@@ -28,7 +28,7 @@ pub const PEAK_BUCKETS: [u64; 11] = [
 /// Why a request was refused before it ran.
 ///
 /// ```
-/// assert_eq!(limited_allocator::ShedReason::MonitorLevel.as_str(), "monitor_level");
+/// assert_eq!(limited_allocator::metrics::ShedReason::MonitorLevel.as_str(), "monitor_level");
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ShedReason {
@@ -47,7 +47,7 @@ impl ShedReason {
     /// The label value used in metrics.
     ///
     /// ```
-    /// assert_eq!(limited_allocator::ShedReason::Reservation.as_str(), "reservation");
+    /// assert_eq!(limited_allocator::metrics::ShedReason::Reservation.as_str(), "reservation");
     /// ```
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -81,7 +81,8 @@ struct Counters {
 /// Shared, lock-free counters of a service's requests; clones count into the same numbers.
 ///
 /// ```
-/// use limited_allocator::{LimitedAllocator, RequestStats, ShedReason};
+/// use limited_allocator::metrics::{RequestStats, ShedReason};
+/// use limited_allocator::LimitedAllocator;
 /// let budget = LimitedAllocator::new(std::alloc::System, 1 << 20);
 /// let stats = RequestStats::new();
 /// let r = budget.try_reserve(4096)?;
@@ -100,7 +101,7 @@ impl RequestStats {
     /// Empty counters.
     ///
     /// ```
-    /// assert_eq!(limited_allocator::RequestStats::new().snapshot().completed, 0);
+    /// assert_eq!(limited_allocator::metrics::RequestStats::new().snapshot().completed, 0);
     /// ```
     pub fn new() -> Self {
         Self::default()
@@ -110,7 +111,7 @@ impl RequestStats {
     ///
     /// ```
     /// let a = limited_allocator::LimitedAllocator::new(std::alloc::System, 1 << 20);
-    /// let stats = limited_allocator::RequestStats::new();
+    /// let stats = limited_allocator::metrics::RequestStats::new();
     /// stats.record(&a.try_reserve(10).unwrap());
     /// assert_eq!(stats.snapshot().buckets[0], (1024, 1));
     /// ```
@@ -124,7 +125,7 @@ impl RequestStats {
     /// Records a request that ran and needed `bytes` at its peak.
     ///
     /// ```
-    /// let stats = limited_allocator::RequestStats::new();
+    /// let stats = limited_allocator::metrics::RequestStats::new();
     /// stats.record_peak(5000);
     /// let s = stats.snapshot();
     /// assert_eq!((s.peak_sum, s.buckets[1], s.buckets[2]), (5000, (4096, 0), (16384, 1)));
@@ -140,7 +141,7 @@ impl RequestStats {
     /// Records a request refused before it ran.
     ///
     /// ```
-    /// use limited_allocator::{RequestStats, ShedReason};
+    /// use limited_allocator::metrics::{RequestStats, ShedReason};
     /// let stats = RequestStats::new();
     /// stats.record_shed(ShedReason::Reservation);
     /// assert_eq!(stats.snapshot().shed(ShedReason::Reservation), 1);
@@ -153,8 +154,8 @@ impl RequestStats {
     /// moment apart.
     ///
     /// ```
-    /// let s = limited_allocator::RequestStats::new().snapshot();
-    /// assert_eq!(s.buckets.len(), limited_allocator::PEAK_BUCKETS.len());
+    /// let s = limited_allocator::metrics::RequestStats::new().snapshot();
+    /// assert_eq!(s.buckets.len(), limited_allocator::metrics::PEAK_BUCKETS.len());
     /// ```
     pub fn snapshot(&self) -> RequestSnapshot {
         let c = &self.counters;
@@ -187,7 +188,7 @@ impl fmt::Debug for RequestStats {
 /// [`RequestStats`] at one moment.
 ///
 /// ```
-/// let stats = limited_allocator::RequestStats::new();
+/// let stats = limited_allocator::metrics::RequestStats::new();
 /// stats.record_peak(100);
 /// assert_eq!(stats.snapshot().completed, 1);
 /// ```
@@ -212,7 +213,7 @@ impl RequestSnapshot {
     /// Requests shed for `reason`.
     ///
     /// ```
-    /// use limited_allocator::{RequestStats, ShedReason};
+    /// use limited_allocator::metrics::{RequestStats, ShedReason};
     /// assert_eq!(RequestStats::new().snapshot().shed(ShedReason::MonitorLevel), 0);
     /// ```
     pub fn shed(&self, reason: ShedReason) -> u64 {
@@ -222,7 +223,7 @@ impl RequestSnapshot {
     /// Requests shed for any reason.
     ///
     /// ```
-    /// assert_eq!(limited_allocator::RequestStats::new().snapshot().shed_total(), 0);
+    /// assert_eq!(limited_allocator::metrics::RequestStats::new().snapshot().shed_total(), 0);
     /// ```
     pub fn shed_total(&self) -> u64 {
         self.shed.iter().map(|(_, n)| n).sum()

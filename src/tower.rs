@@ -3,7 +3,7 @@
 //!
 //! For each request, [`Budget`] (the service [`BudgetLayer`] makes):
 //! 1. refuses it with [`BudgetError::Shed`] when the allocator's [pressure
-//!    level](crate::LimitedAllocator::pressure_level), or the [monitor's](crate::MonitorHandle)
+//!    level](crate::LimitedAllocator::pressure_level), or the [monitor's](crate::monitor::MonitorHandle)
 //!    combined level, is at or above the configured [`shed_at`](BudgetLayer::shed_at) level;
 //! 2. takes a [`Reservation`] of the request's size (a fixed default, or computed from the
 //!    request by [`size_with`](BudgetLayer::size_with)); if the budget cannot give it, or
@@ -13,7 +13,7 @@
 //!    poll (the [`Reservation::scope`] mechanism), under the configured [`Overflow`];
 //! 4. records the request's peak (and the allocations refused inside it) in
 //!    [`RequestStats`], which the Prometheus collector exports
-//!    ([`PrometheusCollector::with_requests`](crate::PrometheusCollector::with_requests)).
+//!    ([`PrometheusCollector::with_requests`](crate::metrics::PrometheusCollector::with_requests)).
 //!
 //! # Why shed before the limit
 //! At the limit, the runtime's and the server's own *infallible* allocations (task cells,
@@ -59,10 +59,11 @@
 //! # }
 //! ```
 
-use crate::requests::{RequestStats, ShedReason};
+use crate::metrics::{RequestStats, ShedReason};
+use crate::monitor::MonitorHandle;
 use crate::scope::entered;
 use crate::units::ByteSize;
-use crate::{LimitedAllocator, MonitorHandle, Overflow, PressureLevel, Reservation};
+use crate::{LimitedAllocator, Overflow, PressureLevel, Reservation};
 use core::fmt;
 use core::future::Future;
 use core::mem::ManuallyDrop;
@@ -240,11 +241,11 @@ impl<A, S> BudgetLayer<A, S> {
     /// the allocator cannot see).
     ///
     /// ```
-    /// use limited_allocator::{tower::BudgetLayer, LimitedAllocator, MemoryMonitor};
+    /// use limited_allocator::{monitor::MemoryMonitor, tower::BudgetLayer, LimitedAllocator};
     /// static A: LimitedAllocator = LimitedAllocator::new(std::alloc::System, 1 << 30);
     /// let monitor = MemoryMonitor::builder().build()?;
     /// let layer = BudgetLayer::new(&A, 1 << 20).monitor(monitor.handle());
-    /// # Ok::<(), limited_allocator::MonitorError>(())
+    /// # Ok::<(), limited_allocator::monitor::MonitorError>(())
     /// ```
     pub fn monitor(mut self, monitor: MonitorHandle) -> Self {
         self.settings.monitor = Some(monitor);
@@ -255,7 +256,7 @@ impl<A, S> BudgetLayer<A, S> {
     /// the layer's own fresh counters.
     ///
     /// ```
-    /// use limited_allocator::{tower::BudgetLayer, LimitedAllocator, RequestStats};
+    /// use limited_allocator::{metrics::RequestStats, tower::BudgetLayer, LimitedAllocator};
     /// static A: LimitedAllocator = LimitedAllocator::new(std::alloc::System, 1 << 30);
     /// let stats = RequestStats::new();
     /// let layer = BudgetLayer::new(&A, 1 << 20).stats_into(stats.clone());
@@ -339,7 +340,7 @@ impl<Svc: fmt::Debug, A, S> fmt::Debug for Budget<Svc, A, S> {
 /// A request refused before it ran, with the numbers that made the layer refuse it.
 ///
 /// ```
-/// use limited_allocator::{tower::Shed, PressureLevel, ShedReason};
+/// use limited_allocator::{metrics::ShedReason, tower::Shed, PressureLevel};
 /// let s = Shed {
 ///     reason: ShedReason::AllocatorLevel,
 ///     level: PressureLevel::High,

@@ -2,10 +2,10 @@
 //! its memory pressure in the logs it already has.
 //!
 //! ```
-//! let monitor = limited_allocator::MemoryMonitor::builder()
+//! let monitor = limited_allocator::monitor::MemoryMonitor::builder()
 //!     .listener(limited_allocator::tracing::log_events)
 //!     .build()?;
-//! # Ok::<(), limited_allocator::MonitorError>(())
+//! # Ok::<(), limited_allocator::monitor::MonitorError>(())
 //! ```
 //!
 //! Each combined-level change is one event with target `limited_allocator::monitor` and
@@ -30,11 +30,11 @@ use ::tracing::Level;
 pub const TARGET: &str = "limited_allocator::monitor";
 
 /// Logs `event` as a `tracing` event; pass it to
-/// [`MonitorBuilder::listener`](crate::MonitorBuilder::listener) or
-/// [`MonitorHandle::add_listener`](crate::MonitorHandle::add_listener).
+/// [`MonitorBuilder::listener`](crate::monitor::MonitorBuilder::listener) or
+/// [`MonitorHandle::add_listener`](crate::monitor::MonitorHandle::add_listener).
 ///
 /// ```
-/// use limited_allocator::{MonitorEvent, PressureLevel};
+/// use limited_allocator::{monitor::MonitorEvent, PressureLevel};
 /// // Without a subscriber this does nothing; with one, it is a WARN event.
 /// limited_allocator::tracing::log_events(&MonitorEvent::LevelChanged {
 ///     from: PressureLevel::Medium,
@@ -195,7 +195,7 @@ mod tests {
                         level: PressureLevel::High,
                         rss_bytes: 900 << 20,
                         limit_bytes: 1 << 30,
-                        limit_source: crate::LimitSource::Cgroup,
+                        limit_source: crate::monitor::LimitSource::Cgroup,
                     },
                     Reason::Allocator {
                         level: PressureLevel::High,
@@ -247,7 +247,7 @@ mod tests {
 
     #[test]
     fn a_monitor_calls_it_on_a_real_transition() {
-        use crate::{BudgetSource, MemoryMonitor};
+        use crate::monitor::{BudgetSource, MemoryMonitor};
         struct Fixed(usize);
         impl BudgetSource for Fixed {
             fn allocated_bytes(&self) -> usize {

@@ -3,7 +3,8 @@
 #![cfg(feature = "arrow")]
 
 use arrow_buffer::{Buffer, MemoryPool, MemoryReservation, MutableBuffer};
-use limited_allocator::{LimitedAllocator, PoolRole};
+use limited_allocator::arrow::PoolRole;
+use limited_allocator::LimitedAllocator;
 use std::alloc::System;
 
 mod common;

@@ -1,8 +1,7 @@
 //! Adaptive chunked processing: chunk sizes follow the pressure of a standalone budget.
 
-use limited_allocator::{
-    process_in_chunks, AdaptiveChunker, ChunkConfig, ChunkError, PressureLevel,
-};
+use limited_allocator::chunking::{process_in_chunks, AdaptiveChunker, ChunkConfig, ChunkError};
+use limited_allocator::PressureLevel;
 use std::cell::{Cell, RefCell};
 
 mod common;
@@ -240,7 +239,7 @@ fn an_empty_table_has_no_chunks() {
 #[test]
 fn arrow_buffers_slice_by_chunk() {
     use arrow_buffer::{BooleanBuffer, NullBuffer, OffsetBuffer, ScalarBuffer};
-    use limited_allocator::SliceRows;
+    use limited_allocator::chunking::SliceRows;
 
     let budget = quiet(1 << 20);
     let values = ScalarBuffer::from((0..1000i64).collect::<Vec<_>>());

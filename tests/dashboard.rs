@@ -2,9 +2,10 @@
 //! `PrometheusCollector` exports, and covers what it promises to show.
 #![cfg(feature = "prometheus")]
 
-use limited_allocator::{
-    LimitedAllocator, MemoryMonitor, PrometheusCollector, RequestStats, Sampler, ShedReason,
-};
+use limited_allocator::metrics::{PrometheusCollector, RequestStats, ShedReason};
+use limited_allocator::monitor::MemoryMonitor;
+use limited_allocator::sampler::Sampler;
+use limited_allocator::LimitedAllocator;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,8 +51,9 @@ struct Fixture(std::path::PathBuf);
 impl Fixture {
     fn new() -> Self {
         let root = std::env::temp_dir().join(format!(
-            "limited-allocator-dashboard-{}",
-            std::process::id()
+            "limited-allocator-dashboard-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
         ));
         let files = [
             (

@@ -2,10 +2,10 @@
 //! numbers, and an admitted request's peak and refusals recorded.
 #![cfg(feature = "tower")]
 
+use limited_allocator::metrics::ShedReason;
+use limited_allocator::monitor::{BudgetSource, MemoryMonitor};
 use limited_allocator::tower::{BudgetError, BudgetLayer, Shed};
-use limited_allocator::{
-    BudgetSource, LimitedAllocator, MemoryMonitor, Overflow, PressureLevel, ShedReason,
-};
+use limited_allocator::{LimitedAllocator, Overflow, PressureLevel};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::convert::Infallible;
 use std::future::Future;

@@ -14,11 +14,10 @@
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response, StatusCode};
+use limited_allocator::metrics::{PrometheusCollector, RequestStats};
+use limited_allocator::monitor::MemoryMonitor;
 use limited_allocator::tower::{Budget, BudgetError, BudgetLayer};
-use limited_allocator::{
-    LimitedAllocator, MemoryMonitor, Overflow, PressureLevel, PressureThresholds,
-    PrometheusCollector, RequestStats,
-};
+use limited_allocator::{LimitedAllocator, Overflow, PressureLevel, PressureThresholds};
 use prometheus_client::registry::Registry;
 use std::convert::Infallible;
 use std::future::Future;

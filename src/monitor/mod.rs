@@ -33,10 +33,11 @@
 //! [`MemoryMonitor::stop`] and `Drop` wake the thread and join it, whatever the interval.
 
 use crate::leak::{LeakConfig, LeakMetric, LeakSuspected, TrendDetector};
+use crate::pressure::HysteresisLevel;
 use crate::sampler::{MemorySample, Sampler};
 use crate::timeline::{Timeline, TimelinePoint};
 use crate::units::ByteSize;
-use crate::{HysteresisLevel, LimitedAllocator, PressureLevel, PressureThresholds};
+use crate::{LimitedAllocator, PressureLevel, PressureThresholds};
 use core::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
@@ -48,7 +49,8 @@ use std::time::{Duration, Instant};
 /// monitor can also watch an allocator that is not `'static`, or a test double.
 ///
 /// ```
-/// use limited_allocator::{BudgetSource, LimitedAllocator};
+/// use limited_allocator::LimitedAllocator;
+/// use limited_allocator::monitor::BudgetSource;
 /// let alloc = LimitedAllocator::new(std::alloc::System, 1 << 20);
 /// let source: &dyn BudgetSource = &alloc;
 /// assert_eq!(source.limit(), 1 << 20);
@@ -89,9 +91,10 @@ mod stats;
 mod tests;
 
 pub use builder::MonitorBuilder;
-pub use reason::*;
-pub use stats::*;
+pub use reason::{LimitSource, MonitorError, MonitorEvent, Reason, Signal};
+pub use stats::{LevelStats, MonitorSample, MonitorStats, StageStats};
 
+use reason::percent;
 use stats::StageAcc;
 
 type Listener = Arc<dyn Fn(&MonitorEvent) + Send + Sync>;
@@ -428,7 +431,7 @@ fn system_available_thresholds() -> PressureThresholds {
 /// The default PSI thresholds on `some avg10`: 10 / 25 / 50 %.
 ///
 /// ```
-/// let t = limited_allocator::default_psi_thresholds();
+/// let t = limited_allocator::monitor::default_psi_thresholds();
 /// assert_eq!((t.medium(), t.high(), t.critical()), (10.0, 25.0, 50.0));
 /// ```
 pub fn default_psi_thresholds() -> PressureThresholds {
@@ -440,10 +443,10 @@ pub fn default_psi_thresholds() -> PressureThresholds {
 /// [`MemoryMonitor`] owns that.
 ///
 /// ```
-/// let monitor = limited_allocator::MemoryMonitor::builder().build()?;
+/// let monitor = limited_allocator::monitor::MemoryMonitor::builder().build()?;
 /// let handle = monitor.handle();
 /// std::thread::spawn(move || handle.level()).join().unwrap();
-/// # Ok::<(), limited_allocator::MonitorError>(())
+/// # Ok::<(), limited_allocator::monitor::MonitorError>(())
 /// ```
 #[derive(Clone)]
 pub struct MonitorHandle {
@@ -462,9 +465,9 @@ impl MonitorHandle {
     /// The combined level as of the last sample (one atomic load).
     ///
     /// ```
-    /// let monitor = limited_allocator::MemoryMonitor::builder().build()?;
+    /// let monitor = limited_allocator::monitor::MemoryMonitor::builder().build()?;
     /// assert_eq!(monitor.level(), limited_allocator::PressureLevel::Low); // nothing sampled
-    /// # Ok::<(), limited_allocator::MonitorError>(())
+    /// # Ok::<(), limited_allocator::monitor::MonitorError>(())
     /// ```
     pub fn level(&self) -> PressureLevel {
         PressureLevel::from_index(self.shared.level.load(Ordering::Relaxed) as usize)
@@ -474,10 +477,10 @@ impl MonitorHandle {
     /// here too) and returns it.
     ///
     /// ```
-    /// let monitor = limited_allocator::MemoryMonitor::builder().build()?;
+    /// let monitor = limited_allocator::monitor::MemoryMonitor::builder().build()?;
     /// let sample = monitor.sample_now();
     /// assert_eq!(sample.level, monitor.level());
-    /// # Ok::<(), limited_allocator::MonitorError>(())
+    /// # Ok::<(), limited_allocator::monitor::MonitorError>(())
     /// ```
     pub fn sample_now(&self) -> MonitorSample {
         self.shared.tick(Instant::now())
@@ -499,12 +502,12 @@ impl MonitorHandle {
     /// The counters so far.
     ///
     /// ```
-    /// let monitor = limited_allocator::MemoryMonitor::builder().build()?;
+    /// let monitor = limited_allocator::monitor::MemoryMonitor::builder().build()?;
     /// monitor.sample_now();
     /// let stats = monitor.stats();
     /// assert_eq!(stats.samples, 1);
     /// assert_eq!(stats.levels.iter().map(|l| l.samples).sum::<u64>(), 1);
-    /// # Ok::<(), limited_allocator::MonitorError>(())
+    /// # Ok::<(), limited_allocator::monitor::MonitorError>(())
     /// ```
     pub fn stats(&self) -> MonitorStats {
         let st = lock(&self.shared.state);
@@ -523,9 +526,9 @@ impl MonitorHandle {
     /// Adds a listener to a running monitor.
     ///
     /// ```
-    /// let monitor = limited_allocator::MemoryMonitor::builder().build()?;
+    /// let monitor = limited_allocator::monitor::MemoryMonitor::builder().build()?;
     /// monitor.add_listener(|event| println!("{event}"));
-    /// # Ok::<(), limited_allocator::MonitorError>(())
+    /// # Ok::<(), limited_allocator::monitor::MonitorError>(())
     /// ```
     pub fn add_listener(&self, f: impl Fn(&MonitorEvent) + Send + Sync + 'static) {
         self.shared
@@ -540,10 +543,10 @@ impl MonitorHandle {
     /// High or Critical, so a loop reacts sooner when it matters. One atomic load.
     ///
     /// ```
-    /// let monitor = limited_allocator::MemoryMonitor::builder().build()?;
+    /// let monitor = limited_allocator::monitor::MemoryMonitor::builder().build()?;
     /// let checks = (0..100).filter(|&i| monitor.should_check(i, 10)).count();
     /// assert_eq!(checks, 10); // at Low
-    /// # Ok::<(), limited_allocator::MonitorError>(())
+    /// # Ok::<(), limited_allocator::monitor::MonitorError>(())
     /// ```
     pub fn should_check(&self, iteration: u64, every: u64) -> bool {
         every <= 1 || iteration.is_multiple_of(every) || self.level() >= PressureLevel::High
@@ -555,7 +558,7 @@ impl MonitorHandle {
     /// than the interval still has numbers.
     ///
     /// ```
-    /// let monitor = limited_allocator::MemoryMonitor::builder().build()?;
+    /// let monitor = limited_allocator::monitor::MemoryMonitor::builder().build()?;
     /// {
     ///     let _merge = monitor.stage("merge");
     ///     let _rows = vec![0u8; 1 << 20];
@@ -563,7 +566,7 @@ impl MonitorHandle {
     /// let stats = monitor.stage_stats();
     /// assert_eq!(stats[0].name, "merge");
     /// assert_eq!(stats[0].entered, 1);
-    /// # Ok::<(), limited_allocator::MonitorError>(())
+    /// # Ok::<(), limited_allocator::monitor::MonitorError>(())
     /// ```
     pub fn stage(&self, name: impl Into<String>) -> StageGuard {
         let name = name.into();
@@ -580,9 +583,9 @@ impl MonitorHandle {
     /// Statistics per stage, in the order stages were first entered.
     ///
     /// ```
-    /// let monitor = limited_allocator::MemoryMonitor::builder().build()?;
+    /// let monitor = limited_allocator::monitor::MemoryMonitor::builder().build()?;
     /// assert!(monitor.stage_stats().is_empty());
-    /// # Ok::<(), limited_allocator::MonitorError>(())
+    /// # Ok::<(), limited_allocator::monitor::MonitorError>(())
     /// ```
     pub fn stage_stats(&self) -> Vec<StageStats> {
         lock(&self.shared.state)
@@ -604,10 +607,10 @@ impl MonitorHandle {
     /// [`record_timeline`](MonitorBuilder::record_timeline)).
     ///
     /// ```
-    /// let monitor = limited_allocator::MemoryMonitor::builder().record_timeline(100).build()?;
+    /// let monitor = limited_allocator::monitor::MemoryMonitor::builder().record_timeline(100).build()?;
     /// monitor.sample_now();
     /// assert_eq!(monitor.timeline().unwrap().len(), 1);
-    /// # Ok::<(), limited_allocator::MonitorError>(())
+    /// # Ok::<(), limited_allocator::monitor::MonitorError>(())
     /// ```
     pub fn timeline(&self) -> Option<Timeline> {
         lock(&self.shared.state).timeline.clone()
@@ -616,9 +619,9 @@ impl MonitorHandle {
     /// The sampling interval.
     ///
     /// ```
-    /// let monitor = limited_allocator::MemoryMonitor::builder().build()?;
+    /// let monitor = limited_allocator::monitor::MemoryMonitor::builder().build()?;
     /// assert_eq!(monitor.interval(), std::time::Duration::from_secs(1));
-    /// # Ok::<(), limited_allocator::MonitorError>(())
+    /// # Ok::<(), limited_allocator::monitor::MonitorError>(())
     /// ```
     pub fn interval(&self) -> Duration {
         self.shared.config.interval
@@ -627,9 +630,9 @@ impl MonitorHandle {
     /// Time since the monitor was built.
     ///
     /// ```
-    /// let monitor = limited_allocator::MemoryMonitor::builder().build()?;
+    /// let monitor = limited_allocator::monitor::MemoryMonitor::builder().build()?;
     /// assert!(monitor.uptime() < std::time::Duration::from_secs(3600));
-    /// # Ok::<(), limited_allocator::MonitorError>(())
+    /// # Ok::<(), limited_allocator::monitor::MonitorError>(())
     /// ```
     pub fn uptime(&self) -> Duration {
         self.shared.started.elapsed()
@@ -649,10 +652,10 @@ impl MonitorHandle {
 /// Labels monitor samples with a stage name while alive. See [`MonitorHandle::stage`].
 ///
 /// ```
-/// let monitor = limited_allocator::MemoryMonitor::builder().build()?;
+/// let monitor = limited_allocator::monitor::MemoryMonitor::builder().build()?;
 /// let guard = monitor.stage("load");
 /// assert_eq!(guard.name(), "load");
-/// # Ok::<(), limited_allocator::MonitorError>(())
+/// # Ok::<(), limited_allocator::monitor::MonitorError>(())
 /// ```
 #[must_use = "the stage ends when the guard is dropped"]
 pub struct StageGuard {
@@ -665,9 +668,9 @@ impl StageGuard {
     /// The stage's name.
     ///
     /// ```
-    /// # let monitor = limited_allocator::MemoryMonitor::builder().build()?;
+    /// # let monitor = limited_allocator::monitor::MemoryMonitor::builder().build()?;
     /// assert_eq!(monitor.stage("sort").name(), "sort");
-    /// # Ok::<(), limited_allocator::MonitorError>(())
+    /// # Ok::<(), limited_allocator::monitor::MonitorError>(())
     /// ```
     pub fn name(&self) -> &str {
         &self.name
@@ -694,7 +697,8 @@ impl Drop for StageGuard {
 /// dereferences to.
 ///
 /// ```
-/// use limited_allocator::{LimitedAllocator, MemoryMonitor, MonitorEvent};
+/// use limited_allocator::LimitedAllocator;
+/// use limited_allocator::monitor::{MemoryMonitor, MonitorEvent};
 /// use std::sync::{Arc, Mutex};
 ///
 /// static ALLOC: LimitedAllocator = LimitedAllocator::new(std::alloc::System, 1 << 30);
@@ -706,7 +710,7 @@ impl Drop for StageGuard {
 ///     .start()?;
 /// monitor.stop();
 /// assert!(monitor.stats().samples >= 1);
-/// # Ok::<(), limited_allocator::MonitorError>(())
+/// # Ok::<(), limited_allocator::monitor::MonitorError>(())
 /// ```
 pub struct MemoryMonitor {
     handle: MonitorHandle,
@@ -727,8 +731,8 @@ impl MemoryMonitor {
     /// 5-point hysteresis, cgroup limit on, PSI on, leak detection over 10 minutes.
     ///
     /// ```
-    /// let monitor = limited_allocator::MemoryMonitor::builder().build()?;
-    /// # Ok::<(), limited_allocator::MonitorError>(())
+    /// let monitor = limited_allocator::monitor::MemoryMonitor::builder().build()?;
+    /// # Ok::<(), limited_allocator::monitor::MonitorError>(())
     /// ```
     pub fn builder() -> MonitorBuilder {
         MonitorBuilder {
@@ -752,9 +756,9 @@ impl MemoryMonitor {
     /// A cloneable handle for other threads or a metrics collector.
     ///
     /// ```
-    /// let monitor = limited_allocator::MemoryMonitor::builder().build()?;
+    /// let monitor = limited_allocator::monitor::MemoryMonitor::builder().build()?;
     /// let handle = monitor.handle();
-    /// # Ok::<(), limited_allocator::MonitorError>(())
+    /// # Ok::<(), limited_allocator::monitor::MonitorError>(())
     /// ```
     pub fn handle(&self) -> MonitorHandle {
         self.handle.clone()
@@ -763,9 +767,9 @@ impl MemoryMonitor {
     /// Whether the background thread is running.
     ///
     /// ```
-    /// let monitor = limited_allocator::MemoryMonitor::builder().build()?;
+    /// let monitor = limited_allocator::monitor::MemoryMonitor::builder().build()?;
     /// assert!(!monitor.is_running());
-    /// # Ok::<(), limited_allocator::MonitorError>(())
+    /// # Ok::<(), limited_allocator::monitor::MonitorError>(())
     /// ```
     pub fn is_running(&self) -> bool {
         self.thread.as_ref().is_some_and(|t| !t.is_finished())
@@ -775,10 +779,10 @@ impl MemoryMonitor {
     /// listener that is running finishes first. Idempotent; `Drop` does the same.
     ///
     /// ```
-    /// let mut monitor = limited_allocator::MemoryMonitor::builder().start()?;
+    /// let mut monitor = limited_allocator::monitor::MemoryMonitor::builder().start()?;
     /// monitor.stop();
     /// assert!(!monitor.is_running());
-    /// # Ok::<(), limited_allocator::MonitorError>(())
+    /// # Ok::<(), limited_allocator::monitor::MonitorError>(())
     /// ```
     pub fn stop(&mut self) {
         *lock(&self.handle.shared.stop) = true;

@@ -1,7 +1,7 @@
 //! Tests of the monitor: fake budget sources, fixture trees, real threads.
 
 use super::*;
-use crate::cgroup::tests::Fixture;
+use crate::sampler::cgroup::tests::Fixture;
 use std::sync::atomic::AtomicUsize;
 
 const GIB: u64 = 1 << 30;

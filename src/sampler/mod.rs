@@ -20,7 +20,9 @@
 //! on a cgroup v1 machine, see `docs/monitoring.md` and `benches/sampler.rs`), a cached one
 //! about 80 ns.
 
-use crate::cgroup::{read_cgroup_memory, CgroupMemory, CgroupVersion};
+pub(crate) mod cgroup;
+
+pub use cgroup::{read_cgroup_memory, CgroupMemory, CgroupVersion};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -30,7 +32,7 @@ use std::time::{Duration, Instant};
 /// which some or all tasks were stalled waiting for memory, averaged over 10 s and 60 s.
 ///
 /// ```
-/// let psi = limited_allocator::parse_psi("some avg10=1.50 avg60=0.25 avg300=0.00 total=9\n")
+/// let psi = limited_allocator::sampler::parse_psi("some avg10=1.50 avg60=0.25 avg300=0.00 total=9\n")
 ///     .unwrap();
 /// assert_eq!(psi.some_avg10, Some(1.5));
 /// assert_eq!(psi.full_avg10, None); // no "full" line
@@ -52,7 +54,7 @@ pub struct Psi {
 /// Returns `None` when neither a `some` nor a `full` average can be read.
 ///
 /// ```
-/// use limited_allocator::parse_psi;
+/// use limited_allocator::sampler::parse_psi;
 /// let text = "some avg10=12.00 avg60=3.00 avg300=1.00 total=1\n\
 ///             full avg10=4.00 avg60=1.00 avg300=0.50 total=1\n";
 /// let psi = parse_psi(text).unwrap();
@@ -98,7 +100,7 @@ pub fn parse_psi(text: &str) -> Option<Psi> {
 /// `None`.
 ///
 /// ```
-/// use limited_allocator::Sampler;
+/// use limited_allocator::sampler::Sampler;
 /// let sample = Sampler::new().sample();
 /// if let (Some(rss), Some(anon)) = (sample.rss_bytes, sample.rss_anon_bytes) {
 ///     assert!(anon <= rss);
@@ -130,7 +132,7 @@ impl MemorySample {
     /// A sample in which nothing could be read.
     ///
     /// ```
-    /// let empty = limited_allocator::MemorySample::empty();
+    /// let empty = limited_allocator::sampler::MemorySample::empty();
     /// assert_eq!(empty.rss_bytes, None);
     /// ```
     pub const fn empty() -> Self {
@@ -148,7 +150,7 @@ impl MemorySample {
     /// The cgroup's hard limit, when there is one.
     ///
     /// ```
-    /// let s = limited_allocator::MemorySample::empty();
+    /// let s = limited_allocator::sampler::MemorySample::empty();
     /// assert_eq!(s.cgroup_limit_bytes(), None);
     /// ```
     pub fn cgroup_limit_bytes(&self) -> Option<u64> {
@@ -163,7 +165,7 @@ impl MemorySample {
 /// [`sample_fresh`](Self::sample_fresh) always reads.
 ///
 /// ```
-/// use limited_allocator::Sampler;
+/// use limited_allocator::sampler::Sampler;
 /// use std::time::Duration;
 ///
 /// let sampler = Sampler::new().with_max_age(Duration::from_millis(250));
@@ -193,7 +195,7 @@ impl Sampler {
     /// A sampler of the real machine (root `/`) with a 100 ms cache.
     ///
     /// ```
-    /// let sampler = limited_allocator::Sampler::new();
+    /// let sampler = limited_allocator::sampler::Sampler::new();
     /// assert_eq!(sampler.root(), std::path::Path::new("/"));
     /// ```
     pub fn new() -> Self {
@@ -204,7 +206,7 @@ impl Sampler {
     /// for tests against fixture trees, or a host's `/proc` mounted elsewhere.
     ///
     /// ```
-    /// let sampler = limited_allocator::Sampler::with_root("/nonexistent");
+    /// let sampler = limited_allocator::sampler::Sampler::with_root("/nonexistent");
     /// let sample = sampler.sample();
     /// assert_eq!(sample.system_available_bytes, None);
     /// assert_eq!(sample.cgroup, None);
@@ -221,7 +223,7 @@ impl Sampler {
     ///
     /// ```
     /// use std::time::Duration;
-    /// let s = limited_allocator::Sampler::new().with_max_age(Duration::ZERO);
+    /// let s = limited_allocator::sampler::Sampler::new().with_max_age(Duration::ZERO);
     /// assert_eq!(s.max_age(), Duration::ZERO);
     /// ```
     pub fn with_max_age(mut self, max_age: Duration) -> Self {
@@ -232,7 +234,7 @@ impl Sampler {
     /// The root directory read from.
     ///
     /// ```
-    /// let s = limited_allocator::Sampler::with_root("/tmp/fixture");
+    /// let s = limited_allocator::sampler::Sampler::with_root("/tmp/fixture");
     /// assert_eq!(s.root(), std::path::Path::new("/tmp/fixture"));
     /// ```
     pub fn root(&self) -> &Path {
@@ -242,8 +244,8 @@ impl Sampler {
     /// How long a reading is served from the cache.
     ///
     /// ```
-    /// let s = limited_allocator::Sampler::new();
-    /// assert_eq!(s.max_age(), limited_allocator::Sampler::DEFAULT_MAX_AGE);
+    /// let s = limited_allocator::sampler::Sampler::new();
+    /// assert_eq!(s.max_age(), limited_allocator::sampler::Sampler::DEFAULT_MAX_AGE);
     /// ```
     pub fn max_age(&self) -> Duration {
         self.max_age
@@ -252,7 +254,7 @@ impl Sampler {
     /// The cached reading if it is young enough, else a fresh one (which is then cached).
     ///
     /// ```
-    /// let sample = limited_allocator::Sampler::new().sample();
+    /// let sample = limited_allocator::sampler::Sampler::new().sample();
     /// println!("rss: {:?}", sample.rss_bytes);
     /// ```
     pub fn sample(&self) -> MemorySample {
@@ -274,7 +276,7 @@ impl Sampler {
     /// Reads everything now, bypassing (and not updating) the cache.
     ///
     /// ```
-    /// let sample = limited_allocator::Sampler::new().sample_fresh();
+    /// let sample = limited_allocator::sampler::Sampler::new().sample_fresh();
     /// # #[cfg(target_os = "linux")]
     /// assert!(sample.system_total_bytes.unwrap() > 0);
     /// ```
@@ -353,7 +355,7 @@ fn getrusage_max_rss() -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cgroup::tests::Fixture;
+    use crate::sampler::cgroup::tests::Fixture;
 
     const STATUS: &str = "Name:\ttest\nVmPeak:\t  10000 kB\nVmHWM:\t    3000 kB\n\
                           VmRSS:\t    2000 kB\nRssAnon:\t     500 kB\nRssFile:\t 1500 kB\n";
