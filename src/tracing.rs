@@ -139,9 +139,12 @@ mod tests {
     use std::fmt::Debug;
     use std::sync::{Arc, Mutex};
 
-    /// Captures every event's level, target and fields as text.
+    /// An event's level, target and fields as text.
+    type Captured = (Level, String, BTreeMap<String, String>);
+
+    /// Captures every event.
     #[derive(Default, Clone)]
-    struct Capture(Arc<Mutex<Vec<(Level, String, BTreeMap<String, String>)>>>);
+    struct Capture(Arc<Mutex<Vec<Captured>>>);
 
     struct Fields<'a>(&'a mut BTreeMap<String, String>);
 
@@ -177,7 +180,7 @@ mod tests {
         fn exit(&self, _: &Id) {}
     }
 
-    fn captured(f: impl FnOnce()) -> Vec<(Level, String, BTreeMap<String, String>)> {
+    fn captured(f: impl FnOnce()) -> Vec<Captured> {
         let capture = Capture::default();
         ::tracing::subscriber::with_default(capture.clone(), f);
         let events = capture.0.lock().unwrap().clone();

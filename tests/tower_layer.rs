@@ -131,7 +131,7 @@ fn a_reservation_that_would_reach_the_level_is_given_back_and_shed() {
     assert_eq!(budget.allocated_bytes(), 700);
     // One that stays below the level runs.
     let layer = BudgetLayer::new(budget, 50);
-    assert_eq!(block_on(layer.layer(Alloc(budget)).call(10)).unwrap(), true);
+    assert!(block_on(layer.layer(Alloc(budget)).call(10)).unwrap());
 }
 
 #[test]
@@ -182,10 +182,10 @@ fn an_admitted_request_runs_in_its_reservation_and_its_peak_is_recorded() {
     let budget = leak(1 << 20);
     let layer = BudgetLayer::new(budget, 8192).overflow(Overflow::Refuse);
     let mut svc = layer.layer(Alloc(budget));
-    assert_eq!(block_on(svc.call(4096)).unwrap(), true);
+    assert!(block_on(svc.call(4096)).unwrap());
     // Over its own 8 KiB, under Refuse: the allocation is refused, the service goes on.
-    assert_eq!(block_on(svc.call(16384)).unwrap(), false);
-    assert_eq!(block_on(svc.call(100)).unwrap(), true);
+    assert!(!block_on(svc.call(16384)).unwrap());
+    assert!(block_on(svc.call(100)).unwrap());
     let s = layer.stats().snapshot();
     assert_eq!((s.completed, s.peak_sum, s.refusals), (3, 4196, 1));
     // Cumulative: the refused one peaked at 0 and the small one at 100, both <= 1 KiB.

@@ -37,7 +37,7 @@ const CHILD_TIMEOUT: Duration = Duration::from_secs(120);
 /// Request `i`: every tenth oversized, the others 640 KiB to 1 MiB, so 64 of them in
 /// flight ask for about 54 MiB of the 64: past High (51.2 MiB), so some are shed.
 fn kib_for(i: usize) -> usize {
-    if i % 10 == 0 {
+    if i.is_multiple_of(10) {
         OVERSIZED_KIB
     } else {
         640 + (i * 37) % 385
@@ -47,6 +47,9 @@ fn kib_for(i: usize) -> usize {
 /// What other threads' unspent allocation credit may add to `allocated_bytes` as read
 /// from one thread: 2 MiB (measured 0.6-1.1 MiB after a round, 0.1-0.2 MiB between rounds).
 const CREDIT_SLACK: f64 = (2 << 20) as f64;
+
+/// How many KiB request `i` asks for.
+type Kib = fn(usize) -> usize;
 
 /// Each request holds its memory this long, so the 64 clients' requests overlap.
 const HOLD_MS: u64 = 3;
@@ -211,12 +214,12 @@ struct Tally {
 
 /// `CLIENTS` connections share `REQUESTS` requests of `kib(i)`; returns the tally and the
 /// wall time.
-fn load(port: u16, kib: fn(usize) -> usize, ms: u64) -> (Tally, Duration) {
+fn load(port: u16, kib: Kib, ms: u64) -> (Tally, Duration) {
     load_n(port, REQUESTS, kib, ms)
 }
 
 /// [`load`] with `requests` requests.
-fn load_n(port: u16, requests: usize, kib: fn(usize) -> usize, ms: u64) -> (Tally, Duration) {
+fn load_n(port: u16, requests: usize, kib: Kib, ms: u64) -> (Tally, Duration) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -520,7 +523,7 @@ fn survival_by_shedding_level() {
     // The main test's load, and a denser one: 64 requests of 900 KiB to 1 MiB in flight
     // ask for 62 MiB, past Critical (60.8 MiB).
     let dense = |i: usize| 900 + (i * 37) % 125;
-    let loads: [(&str, fn(usize) -> usize); 2] = [("mixed", kib_for), ("dense", dense)];
+    let loads: [(&str, Kib); 2] = [("mixed", kib_for), ("dense", dense)];
     for ((load_name, kib), role) in loads
         .into_iter()
         .flat_map(|l| ["bare", "critical", "high", "medium"].map(move |r| (l, r)))

@@ -74,6 +74,8 @@ fn work_of<B>(req: &Request<B>) -> (usize, u64) {
     )
 }
 
+type SizeFn = fn(&Request<Incoming>) -> usize;
+
 /// Each request reserves what it says it needs, capped at [`MAX_REQUEST`].
 fn request_size(req: &Request<Incoming>) -> usize {
     work_of(req)
@@ -175,7 +177,7 @@ pub async fn serve(
         .map_err(std::io::Error::other)?;
     let stats = RequestStats::new();
     let layer = BudgetLayer::new(alloc, REQUEST_SLACK)
-        .size_with(request_size as fn(&Request<Incoming>) -> usize)
+        .size_with(request_size as SizeFn)
         .overflow(Overflow::Refuse)
         .shed_at(settings.shed_at)
         .monitor(monitor.handle())
@@ -218,7 +220,7 @@ pub async fn serve(
 }
 
 struct App {
-    budget: Budget<Work, std::alloc::System, fn(&Request<Incoming>) -> usize>,
+    budget: Budget<Work, std::alloc::System, SizeFn>,
     registry: Registry,
     layer: bool,
     quit: Notify,
