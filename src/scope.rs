@@ -47,9 +47,9 @@ use core::task::{Context, Poll};
 pub struct Scoped<'r, A, F> {
     reservation: &'r Reservation<'r, A>,
     unentered_polls: u64,
-    /// Dropped by hand in `Drop`, with the reservation entered, so the frees of a
-    /// cancelled request give back to its budget too.
-    future: ManuallyDrop<F>,
+    /// Dropped with the reservation entered, so the frees of a cancelled request give
+    /// back to its budget too.
+    future: EnteredFuture<F>,
 }
 
 impl<'a, A> Reservation<'a, A> {
@@ -87,7 +87,7 @@ impl<'a, A> Reservation<'a, A> {
         Scoped {
             reservation: self,
             unentered_polls: 0,
-            future: ManuallyDrop::new(future),
+            future: EnteredFuture::new(future),
         }
     }
 }
@@ -118,16 +118,83 @@ pub(crate) fn entered<A, T>(reservation: &Reservation<'_, A>, f: impl FnOnce() -
     }
 }
 
+/// A future polled and dropped with a reservation entered. It is dropped inside the poll
+/// that completes it, while still entered, so a finished request costs one enter and
+/// leave less; a future dropped before it finished is dropped entered by its owner's
+/// `Drop` ([`drop_in`](Self::drop_in)).
+pub(crate) struct EnteredFuture<F> {
+    future: ManuallyDrop<F>,
+    live: bool,
+}
+
+impl<F> EnteredFuture<F> {
+    pub(crate) fn new(future: F) -> Self {
+        Self {
+            future: ManuallyDrop::new(future),
+            live: true,
+        }
+    }
+
+    /// Drops the future (if not yet dropped) with `reservation` entered.
+    pub(crate) fn drop_in<A>(&mut self, reservation: &Reservation<'_, A>) {
+        if self.live {
+            self.live = false;
+            let future = &mut self.future;
+            // SAFETY: dropped once (`live` is now false), in place: pinning allows that.
+            entered(reservation, || unsafe { ManuallyDrop::drop(future) });
+        }
+    }
+}
+
+impl<F: Future> EnteredFuture<F> {
+    /// Polls the future with `reservation` entered; says whether it was entered.
+    ///
+    /// # Panics
+    /// If polled again after it completed.
+    pub(crate) fn poll_in<A>(
+        self: Pin<&mut Self>,
+        reservation: &Reservation<'_, A>,
+        cx: &mut Context<'_>,
+    ) -> (Poll<F::Output>, bool) {
+        // SAFETY: `future` is structurally pinned: never moved out of `self`, only dropped
+        // in place (here or in `drop_in`/`Drop`), and the type is `Unpin` only when `F` is.
+        let this = unsafe { self.get_unchecked_mut() };
+        assert!(this.live, "a scoped future was polled after it completed");
+        let future = &mut this.future;
+        let live = &mut this.live;
+        entered(reservation, || {
+            // SAFETY: as above: `future` stays where it is until dropped.
+            let poll = unsafe { Pin::new_unchecked(&mut **future) }.poll(cx);
+            if poll.is_ready() {
+                *live = false;
+                // SAFETY: dropped once (`live` is now false), in place.
+                unsafe { ManuallyDrop::drop(future) };
+            }
+            poll
+        })
+    }
+}
+
+impl<F> Drop for EnteredFuture<F> {
+    fn drop(&mut self) {
+        if self.live {
+            // Only reached when the owner did not call `drop_in` (it always does).
+            // SAFETY: dropped once, in place.
+            unsafe { ManuallyDrop::drop(&mut self.future) }
+        }
+    }
+}
+
 impl<A, F: Future> Future for Scoped<'_, A, F> {
     type Output = F::Output;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        // SAFETY: `future` is structurally pinned: it is never moved out of `self` (only
-        // dropped in place, in `Drop`), and `Scoped` is `Unpin` only when `F` is.
+        // SAFETY: `future` is structurally pinned (see `EnteredFuture::poll_in`); the other
+        // fields are plain data, never pinned.
         let this = unsafe { self.get_unchecked_mut() };
-        // SAFETY: as above; `this.future` stays where it is until dropped.
-        let future = unsafe { Pin::new_unchecked(&mut *this.future) };
-        let (poll, was_entered) = entered(this.reservation, || future.poll(cx));
+        // SAFETY: as above.
+        let future = unsafe { Pin::new_unchecked(&mut this.future) };
+        let (poll, was_entered) = future.poll_in(this.reservation, cx);
         this.unentered_polls += u64::from(!was_entered);
         poll
     }
@@ -135,12 +202,7 @@ impl<A, F: Future> Future for Scoped<'_, A, F> {
 
 impl<A, F> Drop for Scoped<'_, A, F> {
     fn drop(&mut self) {
-        let future = &mut self.future;
-        entered(self.reservation, || {
-            // SAFETY: dropped once, here, in place (pinning allows dropping in place) and
-            // never touched again.
-            unsafe { ManuallyDrop::drop(future) }
-        });
+        self.future.drop_in(self.reservation);
     }
 }
 

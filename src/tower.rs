@@ -61,12 +61,11 @@
 
 use crate::metrics::{RequestStats, ShedReason};
 use crate::monitor::MonitorHandle;
-use crate::scope::entered;
+use crate::scope::{entered, EnteredFuture};
 use crate::units::ByteSize;
 use crate::{LimitedAllocator, Overflow, PressureLevel, Reservation};
 use core::fmt;
 use core::future::Future;
-use core::mem::ManuallyDrop;
 use core::pin::Pin;
 use core::task::{Context, Poll};
 use std::alloc::System;
@@ -481,7 +480,7 @@ where
         let (future, _) = entered(&reservation, || inner.call(request));
         ResponseFuture {
             state: State::Running {
-                future: ManuallyDrop::new(future),
+                future: EnteredFuture::new(future),
                 reservation,
                 stats: self.settings.stats.clone(),
             },
@@ -498,8 +497,8 @@ pub struct ResponseFuture<F, A: 'static = System> {
 
 enum State<F, A: 'static> {
     Running {
-        /// Dropped by hand (in `Drop`), with the reservation entered.
-        future: ManuallyDrop<F>,
+        /// Polled and dropped with the reservation entered.
+        future: EnteredFuture<F>,
         reservation: Reservation<'static, A>,
         stats: RequestStats,
     },
@@ -533,9 +532,8 @@ where
     type Output = Result<T, BudgetError<E>>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        // SAFETY: `future` is structurally pinned: never moved out (dropped in place in
-        // `Drop`), the state never changes variant after construction, and the type is
-        // `Unpin` only when `F` is.
+        // SAFETY: `future` is structurally pinned (see `EnteredFuture::poll_in`): the state
+        // never changes variant after construction; the other fields are never pinned.
         let this = unsafe { self.get_unchecked_mut() };
         match &mut this.state {
             State::Running {
@@ -544,8 +542,8 @@ where
                 ..
             } => {
                 // SAFETY: as above.
-                let future = unsafe { Pin::new_unchecked(&mut **future) };
-                let (poll, _) = entered(reservation, || future.poll(cx));
+                let future = unsafe { Pin::new_unchecked(future) };
+                let (poll, _) = future.poll_in(reservation, cx);
                 poll.map(|r| r.map_err(BudgetError::Inner))
             }
             State::Shed(shed) => match shed.take() {
@@ -564,10 +562,7 @@ impl<F, A> Drop for ResponseFuture<F, A> {
             stats,
         } = &mut self.state
         {
-            entered(reservation, || {
-                // SAFETY: dropped once, here, in place, and never touched again.
-                unsafe { ManuallyDrop::drop(future) }
-            });
+            future.drop_in(reservation);
             stats.record(reservation);
         }
     }
