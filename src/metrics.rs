@@ -18,7 +18,7 @@
 //! | `signal_level` | gauge (0 .. 3) | `signal` |
 //! | `level_samples_total`, `level_seconds_total` | counter | `level` |
 //! | `level_transitions_total`, `monitor_samples_total`, `listener_panics_total`, `leaks_suspected_total` | counter | |
-//! | `request_peak_bytes` (with [`with_requests`](PrometheusCollector::with_requests)) | histogram | `le` |
+//! | `request_peak_bytes` (with `PrometheusCollector::with_requests`) | histogram | `le` |
 //! | `requests_shed_total` | counter | `reason` (allocator_level, monitor_level, reservation) |
 //! | `request_refusals_total` | counter | |
 
