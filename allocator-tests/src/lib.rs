@@ -51,22 +51,61 @@ impl ChildOutput {
 /// environment, and returns what it did. Output is not captured by the child's harness
 /// (`--nocapture`), so everything it writes reaches the pipes.
 pub fn run_child(test: &str, role: &str, set: &[(&str, &str)], unset: &[&str]) -> ChildOutput {
+    run_child_within(test, role, set, unset, None)
+}
+
+/// [`run_child`], but the child is killed once `timeout` has passed (a hang then shows as
+/// a child killed by `SIGKILL`, see [`ChildOutput::signal`], instead of a hung test run).
+pub fn run_child_within(
+    test: &str,
+    role: &str,
+    set: &[(&str, &str)],
+    unset: &[&str],
+    timeout: Option<std::time::Duration>,
+) -> ChildOutput {
+    use std::io::Read;
+    use std::process::Stdio;
     let exe = std::env::current_exe().expect("the test binary's path");
     let mut cmd = Command::new(exe);
     cmd.args([test, "--exact", "--nocapture", "--test-threads=1"])
         .env(ROLE_VAR, role)
-        .env("RUST_BACKTRACE", "0");
+        .env("RUST_BACKTRACE", "0")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     for (k, v) in set {
         cmd.env(k, v);
     }
     for k in unset {
         cmd.env_remove(k);
     }
-    let out = cmd.output().expect("the child process starts");
+    let mut child = cmd.spawn().expect("the child process starts");
+    // Drained on threads, so a chatty child cannot block on a full pipe while we wait.
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut text = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut text);
+            }
+            String::from_utf8_lossy(&text).into_owned()
+        })
+    };
+    let out = drain(child.stdout.take().map(|p| Box::new(p) as _));
+    let err = drain(child.stderr.take().map(|p| Box::new(p) as _));
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("waiting for the child") {
+            break status;
+        }
+        if timeout.is_some_and(|t| started.elapsed() > t) {
+            let _ = child.kill();
+            break child.wait().expect("waiting for the killed child");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
     ChildOutput {
-        status: out.status,
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
     }
 }
 

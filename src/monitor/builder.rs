@@ -180,16 +180,21 @@ impl MonitorBuilder {
     }
 
     /// Leak detection on allocated bytes and anonymous RSS (default: on, with
-    /// [`LeakConfig::default`], a 10-minute window), or `None` to turn it off.
+    /// [`LeakConfig::default`]: the floor's trend over 2 hours), or `None` to turn it off.
+    /// A bad config is refused by [`build`](Self::build).
     ///
     /// ```
     /// use limited_allocator::leak::LeakConfig;
     /// use limited_allocator::monitor::MemoryMonitor;
     /// use std::time::Duration;
     /// let b = MemoryMonitor::builder().leak_detection(Some(LeakConfig {
-    ///     window: Duration::from_secs(120),
+    ///     horizon: Duration::from_secs(4 * 3600),
+    ///     bucket: Duration::from_secs(600),
     ///     ..LeakConfig::default()
     /// }));
+    /// let bad = MemoryMonitor::builder()
+    ///     .leak_detection(Some(LeakConfig { bucket: Duration::ZERO, ..LeakConfig::default() }));
+    /// assert!(bad.build().is_err());
     /// ```
     pub fn leak_detection(mut self, config: Option<LeakConfig>) -> Self {
         self.leak = config;
@@ -241,7 +246,9 @@ impl MonitorBuilder {
         let sampler = self.sampler.unwrap_or_else(|| {
             Sampler::new().with_max_age(Sampler::DEFAULT_MAX_AGE.min(c.interval / 2))
         });
-        let leak = self.leak;
+        let detector = |metric| self.leak.map(|l| TrendDetector::new(metric, l)).transpose();
+        let leak_allocated = detector(LeakMetric::AllocatedBytes)?;
+        let leak_rss = detector(LeakMetric::Rss)?;
         let state = State {
             last_tick: None,
             signals: [None; 5],
@@ -253,8 +260,8 @@ impl MonitorBuilder {
             peak_allocated: None,
             leaks_suspected: 0,
             last: None,
-            leak_allocated: leak.map(|l| TrendDetector::new(LeakMetric::AllocatedBytes, l)),
-            leak_rss: leak.map(|l| TrendDetector::new(LeakMetric::Rss, l)),
+            leak_allocated,
+            leak_rss,
             timeline: self.timeline.map(Timeline::with_capacity),
             stages: Vec::new(),
         };

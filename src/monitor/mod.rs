@@ -315,14 +315,20 @@ impl Shared {
             );
             st.peak_allocated = max_opt(st.peak_allocated, budget.map(|(a, p, _)| a.max(p)));
 
-            if let (Some(d), Some((allocated, _, _))) = (st.leak_allocated.as_mut(), budget) {
+            // The detectors take the samples' own time, so a driven clock drives them too.
+            if let (Some(d), Some((allocated, _, limit))) = (st.leak_allocated.as_mut(), budget) {
+                let limit = (limit != usize::MAX).then_some(limit as u64);
                 events.extend(
-                    d.observe(elapsed, allocated)
+                    d.observe(elapsed, allocated, limit)
                         .map(MonitorEvent::LeakSuspected),
                 );
             }
             if let (Some(d), Some(rss)) = (st.leak_rss.as_mut(), rss) {
-                events.extend(d.observe(elapsed, rss).map(MonitorEvent::LeakSuspected));
+                let limit = process_limit.map(|(l, _)| l);
+                events.extend(
+                    d.observe(elapsed, rss, limit)
+                        .map(MonitorEvent::LeakSuspected),
+                );
             }
             st.leaks_suspected += events
                 .iter()
@@ -728,7 +734,8 @@ impl fmt::Debug for MemoryMonitor {
 
 impl MemoryMonitor {
     /// A builder with the defaults: no allocator, 1 s interval, 60/80/95 % thresholds,
-    /// 5-point hysteresis, cgroup limit on, PSI on, leak detection over 10 minutes.
+    /// 5-point hysteresis, cgroup limit on, PSI on, leak detection with
+    /// [`LeakConfig::default`] (the floor's trend over 2 hours).
     ///
     /// ```
     /// let monitor = limited_allocator::monitor::MemoryMonitor::builder().build()?;

@@ -320,6 +320,9 @@ pub enum MonitorError {
         /// The margin that was given.
         margin: f64,
     },
+    /// The leak detection config cannot work.
+    #[error(transparent)]
+    Leak(#[from] crate::leak::LeakConfigError),
     /// The operating system refused to start the monitor thread.
     #[error("could not start the memory-monitor thread: {0}")]
     Spawn(#[from] std::io::Error),
