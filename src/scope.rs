@@ -214,3 +214,30 @@ impl<A, F> fmt::Debug for Scoped<'_, A, F> {
             .finish_non_exhaustive()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::LimitedAllocator;
+
+    fn assert_send<T: Send>(_: &T) {}
+
+    #[test]
+    fn a_scoped_future_is_send_when_its_future_is() {
+        let a = LimitedAllocator::new(std::alloc::System, 1 << 20);
+        let r = a.try_reserve(10).unwrap();
+        let s = r.scope(async { 1 });
+        assert_send(&s);
+    }
+
+    #[test]
+    #[should_panic(expected = "polled after it completed")]
+    fn polling_after_completion_panics_instead_of_touching_a_dropped_future() {
+        let a = LimitedAllocator::new(std::alloc::System, 1 << 20);
+        let r = a.try_reserve(10).unwrap();
+        let mut s = std::pin::pin!(r.scope(async { 1 }));
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert_eq!(s.as_mut().poll(&mut cx), Poll::Ready(1));
+        let _ = s.as_mut().poll(&mut cx);
+    }
+}
