@@ -426,6 +426,16 @@ impl<'a, A> Reservation<'a, A> {
         }
     }
 
+    /// Holds the reservation as entered between an async task's polls, until
+    /// [`unhold`](Self::unhold): what [`scope`](Self::scope) keeps from its creation to its
+    /// drop. `used` lasts as long as the reservation here, so there is nothing to count; a
+    /// rule that lets `used` go once the reservation is left on every thread must count a
+    /// hold as one more entered frame.
+    pub(crate) fn hold(&self) {}
+
+    /// Gives back a [`hold`](Self::hold).
+    pub(crate) fn unhold(&self) {}
+
     /// Like [`enter`](Self::enter), but says so instead of panicking when the allocator
     /// cannot serve entered reservations.
     ///

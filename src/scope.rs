@@ -34,9 +34,14 @@ use core::task::{Context, Poll};
 ///   to a blocking pool.
 /// - Blocks allocated inside and freed elsewhere, for example a response body that the
 ///   server frees after writing it: the free goes to the shared budget; the reservation
-///   still counts those bytes in [`used`](Reservation::used) (and they were part of its
-///   [`peak_used`](Reservation::peak_used)). Nothing drifts: the allocator's own count is
+///   still counts those bytes in [`used`](Reservation::used) while the scope lives (its
+///   rule says when it lets them go), and they were part of its
+///   [`peak_used`](Reservation::peak_used). Nothing drifts: the allocator's own count is
 ///   exact in every case; only the attribution to this request is approximate.
+///
+/// The reservation counts as entered from the scope's creation to its drop, also between
+/// polls when no thread has it entered, so what a request allocated in one poll is still
+/// its own (and given back when freed) in the next.
 ///
 /// If the reservation cannot be entered on a thread (see [`Reservation::try_enter`]), that
 /// poll runs unattributed rather than failing; [`Scoped::unentered_polls`] counts them.
@@ -87,7 +92,7 @@ impl<'a, A> Reservation<'a, A> {
         Scoped {
             reservation: self,
             unentered_polls: 0,
-            future: EnteredFuture::new(future),
+            future: EnteredFuture::new(future, self),
         }
     }
 }
@@ -128,7 +133,22 @@ pub(crate) struct EnteredFuture<F> {
 }
 
 impl<F> EnteredFuture<F> {
-    pub(crate) fn new(future: F) -> Self {
+    /// Wraps `future`, holding `reservation` as entered until the future is dropped, so
+    /// that what it allocated in one poll is still its own in the next (the reservation is
+    /// left on every thread between polls, which would otherwise let `used` go).
+    pub(crate) fn new<A>(future: F, reservation: &Reservation<'_, A>) -> Self {
+        reservation.hold();
+        Self {
+            future: ManuallyDrop::new(future),
+            live: true,
+        }
+    }
+
+    /// Holds `reservation` (see [`new`](Self::new)), then makes the future with it entered
+    /// (a service's `call`, which may allocate the future's state).
+    pub(crate) fn start<A>(reservation: &Reservation<'_, A>, make: impl FnOnce() -> F) -> Self {
+        reservation.hold();
+        let (future, _) = entered(reservation, make);
         Self {
             future: ManuallyDrop::new(future),
             live: true,
@@ -142,6 +162,7 @@ impl<F> EnteredFuture<F> {
             let future = &mut self.future;
             // SAFETY: dropped once (`live` is now false), in place: pinning allows that.
             entered(reservation, || unsafe { ManuallyDrop::drop(future) });
+            reservation.unhold();
         }
     }
 }
@@ -162,7 +183,7 @@ impl<F: Future> EnteredFuture<F> {
         assert!(this.live, "a scoped future was polled after it completed");
         let future = &mut this.future;
         let live = &mut this.live;
-        entered(reservation, || {
+        let (poll, was_entered) = entered(reservation, || {
             // SAFETY: as above: `future` stays where it is until dropped.
             let poll = unsafe { Pin::new_unchecked(&mut **future) }.poll(cx);
             if poll.is_ready() {
@@ -171,7 +192,11 @@ impl<F: Future> EnteredFuture<F> {
                 unsafe { ManuallyDrop::drop(future) };
             }
             poll
-        })
+        });
+        if poll.is_ready() {
+            reservation.unhold();
+        }
+        (poll, was_entered)
     }
 }
 

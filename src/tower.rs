@@ -66,7 +66,7 @@
 
 use crate::metrics::{RequestStats, ShedReason};
 use crate::monitor::MonitorHandle;
-use crate::scope::{entered, EnteredFuture};
+use crate::scope::EnteredFuture;
 use crate::units::ByteSize;
 use crate::{LimitedAllocator, Overflow, PressureLevel, Reservation};
 use core::fmt;
@@ -484,10 +484,9 @@ where
             Err(shed) => return ResponseFuture::shed(shed),
         };
         let inner = &mut self.inner;
-        let (future, _) = entered(&reservation, || inner.call(request));
         ResponseFuture {
             state: State::Running {
-                future: EnteredFuture::new(future),
+                future: EnteredFuture::start(&reservation, || inner.call(request)),
                 reservation,
                 stats: self.settings.stats.clone(),
             },

@@ -2,7 +2,6 @@
 //! go, blocks allocated on one thread and freed on another) leaves no drift: after each
 //! runtime is dropped, `allocated_bytes` is exactly where it was before it was built.
 
-use allocator_tests::lift_limit_on_panic;
 use limited_allocator::LimitedAllocator;
 use std::alloc::System;
 use std::time::Duration;
@@ -59,7 +58,6 @@ fn one_runtime() -> usize {
 
 /// Exact byte deltas on the global counter: run on the main thread, without libtest.
 fn main() {
-    lift_limit_on_panic(&ALLOC);
     let mut deltas = Vec::new();
     let mut threads = 0;
     for _ in 0..ROUNDS {
