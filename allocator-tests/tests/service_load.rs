@@ -334,6 +334,11 @@ fn the_example_server_sheds_under_load_and_never_aborts() {
         shed("reservation"),
     ];
     let ran = m["request_peak_bytes_count"] as usize;
+    let bad = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async { get(&mut connect(port).await, "/work?kib=lots").await });
     quit(port);
     let (status, done) = server.finish();
 
@@ -356,6 +361,7 @@ fn the_example_server_sheds_under_load_and_never_aborts() {
         );
         assert!(round.ok > 0 && round.over_budget > 0, "{round:?}");
     }
+    assert_eq!(bad, (400, "kib=lots is not a number\n".to_string()));
     assert!(
         t.shed + t2.shed > 0,
         "the load never reached the shedding level: {t:?} {t2:?}"
@@ -368,7 +374,7 @@ fn the_example_server_sheds_under_load_and_never_aborts() {
     assert_eq!(
         ran,
         t.ok + t.over_budget + t2.ok + t2.over_budget,
-        "requests that ran, in the histogram"
+        "requests that ran, in the histogram (read before the bad one)"
     );
     let peak = field(&done, "peak");
     assert!(peak <= LIMIT as u64, "peak {peak} over the limit");

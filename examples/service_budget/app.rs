@@ -2,7 +2,9 @@
 //! (`tests/service_load.rs` includes this file), so the test drives the same code.
 //!
 //! - `GET /work?kib=N&ms=M`: allocates N KiB (fallibly), fills and sums it across a few
-//!   yields, holds it M ms (default 0), answers `200 sum=...`; `503 over budget` if the request's own budget cannot hold it.
+//!   yields, holds it M ms (default 0), answers `200 sum=...`; `503 over budget` if the
+//!   request's own budget cannot hold it; `400` naming the parameter if N or M is not a
+//!   number.
 //! - `GET /metrics`: the Prometheus text exposition (outside the per-request budget, so
 //!   it answers under pressure too).
 //! - `GET /quit`: stops the server.
@@ -40,7 +42,8 @@ pub const MAX_REQUEST: usize = (1 << 20) + REQUEST_SLACK;
 pub struct Settings {
     /// Shed at or above this level.
     pub shed_at: PressureLevel,
-    /// `false`: no layer at all (for the throughput comparison).
+    /// `false`: no layer at all (to measure what the layer costs, and what happens
+    /// without it).
     pub layer: bool,
 }
 
@@ -53,35 +56,41 @@ impl Default for Settings {
     }
 }
 
-/// Parameter `name` (`kib`, `ms`) of a `/work?kib=N&ms=M` query; 0 when absent or not a
-/// number.
-pub fn param<B>(req: &Request<B>, name: &str) -> usize {
-    req.uri()
-        .query()
-        .and_then(|q| {
-            q.split('&')
-                .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
-        })
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
+/// Parameter `name` (`kib`, `ms`) of a `/work?kib=N&ms=M` query: 0 when absent, the
+/// offending `name=value` when it is not a number.
+pub fn param<B>(req: &Request<B>, name: &str) -> Result<usize, String> {
+    let value = req.uri().query().and_then(|q| {
+        q.split('&')
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+    });
+    match value {
+        None => Ok(0),
+        Some(v) => v.parse().map_err(|_| format!("{name}={v} is not a number")),
+    }
 }
 
 /// What a `/work` request asks for: bytes to allocate, milliseconds to hold them.
-fn work_of<B>(req: &Request<B>) -> (usize, u64) {
-    (
-        param(req, "kib").saturating_mul(1024),
-        param(req, "ms").min(10_000) as u64,
-    )
+fn work_of<B>(req: &Request<B>) -> Result<(usize, u64), String> {
+    let kib = param(req, "kib")?;
+    let ms = param(req, "ms")?;
+    Ok((kib.saturating_mul(1024), ms.min(10_000) as u64))
+}
+
+/// Answers a `/work` request: `400` for a bad query, else [`work`].
+async fn answer(asked: Result<(usize, u64), String>) -> Response<Body> {
+    match asked {
+        Ok((bytes, ms)) => work(bytes, ms).await,
+        Err(bad) => text(StatusCode::BAD_REQUEST, format!("{bad}\n")),
+    }
 }
 
 type SizeFn = fn(&Request<Incoming>) -> usize;
 
 /// Each request reserves what it says it needs, capped at [`MAX_REQUEST`].
+/// A bad query reserves only the slack: its answer is a short `400`.
 fn request_size(req: &Request<Incoming>) -> usize {
-    work_of(req)
-        .0
-        .saturating_add(REQUEST_SLACK)
-        .min(MAX_REQUEST)
+    let bytes = work_of(req).map_or(0, |(bytes, _)| bytes);
+    bytes.saturating_add(REQUEST_SLACK).min(MAX_REQUEST)
 }
 
 type Body = Full<Bytes>;
@@ -110,8 +119,8 @@ impl Service<Request<Incoming>> for Work {
     }
 
     fn call(&mut self, req: Request<Incoming>) -> Self::Future {
-        let (bytes, ms) = work_of(&req);
-        Box::pin(async move { Ok(work(bytes, ms).await) })
+        let asked = work_of(&req);
+        Box::pin(async move { Ok(answer(asked).await) })
     }
 }
 
@@ -239,10 +248,7 @@ impl App {
                     Err(BudgetError::Inner(never)) => match never {},
                 }
             }
-            "/work" => {
-                let (bytes, ms) = work_of(&req);
-                work(bytes, ms).await
-            }
+            "/work" => answer(work_of(&req)).await,
             "/metrics" => {
                 let mut body = String::new();
                 match prometheus_client::encoding::text::encode(&mut body, &self.registry) {
