@@ -378,7 +378,8 @@ pub struct Shed {
     pub shed_at: PressureLevel,
     /// The reservation the request would have taken, in bytes.
     pub requested: usize,
-    /// The allocator's charged bytes at the refusal.
+    /// The allocator's charged bytes at the refusal (this request's reservation, if it
+    /// was taken, already given back).
     pub allocated: usize,
     /// The allocator's limit.
     pub limit: usize,
