@@ -1,39 +1,15 @@
-//! A hard, observable memory budget for a Rust process.
-//!
-//! [`LimitedAllocator`] wraps a [`GlobalAlloc`](std::alloc::GlobalAlloc) and refuses
-//! allocations past its limit (returning null, or a typed [`LimitExceeded`] from the
-//! fallible APIs) instead of letting the process be OOM-killed. It reports usage, peak and
-//! [`PressureLevel`]s, answers pre-flight checks ([`LimitedAllocator::check_can_allocate`],
-//! [`LimitedAllocator::try_reserve`]), and its limit can come from the environment
-//! ([`limit_from_env`]).
-//!
-//! ```no_run
-//! use limited_allocator::{limit_from_env, LimitedAllocator};
-//! use std::alloc::System;
-//!
-//! #[global_allocator]
-//! static ALLOC: LimitedAllocator = LimitedAllocator::new(System, LimitedAllocator::UNLIMITED);
-//!
-//! fn main() -> Result<(), Box<dyn std::error::Error>> {
-//!     ALLOC.set_limit(limit_from_env()?.unwrap_or(2 << 30));
-//!     let mut rows: Vec<u64> = Vec::new();
-//!     if rows.try_reserve(10_000_000).is_err() {
-//!         eprintln!("not enough budget: {:?}", ALLOC.stats());
-//!     }
-//!     Ok(())
-//! }
-//! ```
-//!
-//! Guides: `docs/production.md` (choosing a limit, what happens at it), `docs/performance.md`
-//! (the fast path and what it costs), `docs/arrow.md` (the Arrow pool, per-operation
-//! budgets, collections on their own budget, adaptive chunking).
+// The crate doc is the README, so its examples are compiled and run as doctests and
+// docs.rs opens on the model and the setup table.
+#![doc = include_str!("../README.md")]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(missing_docs)]
-#![warn(unsafe_op_in_unsafe_fn)]
+#![warn(unsafe_op_in_unsafe_fn, unreachable_pub, missing_debug_implementations)]
 
 // The budget's core: private, its public shells re-exported below.
 mod accounting;
 mod allocator;
 mod error;
+mod overdraft;
 mod registry;
 mod release;
 mod report;
@@ -72,3 +48,17 @@ pub use reservation::{EnterError, EnterGuard, Overflow, Reservation};
 pub use scope::Scoped;
 pub use stats::AllocatorStats;
 pub use units::ByteSize;
+
+// The guides' code blocks are compiled and run as doctests too (never documented: the
+// guides are linked from the crate doc, not part of it).
+#[cfg(doctest)]
+mod guides {
+    #[doc = include_str!("../docs/arrow.md")]
+    struct Arrow;
+    // Its examples use the Prometheus collector and the SVG chart.
+    #[cfg(all(feature = "prometheus", feature = "timeline"))]
+    #[doc = include_str!("../docs/monitoring.md")]
+    struct Monitoring;
+    #[doc = include_str!("../docs/production.md")]
+    struct Production;
+}

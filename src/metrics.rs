@@ -9,6 +9,8 @@
 //! |---|---|---|
 //! | `allocated_bytes`, `peak_allocated_bytes`, `limit_bytes`, `reserved_bytes`, `pool_claimed_bytes` | gauge | |
 //! | `allocations_total`, `deallocations_total`, `reallocations_total`, `refusals_total`, `refused_bytes_total`, `inner_failures_total` | counter | |
+//! | `overdraft_limit_bytes`, `overdraft_peak_bytes` | gauge | |
+//! | `overdraft_grants_total`, `overdraft_bytes_total` | counter | |
 //! | `process_rss_bytes`, `process_rss_anon_bytes`, `process_peak_rss_bytes`, `process_limit_bytes` | gauge | |
 //! | `system_memory_total_bytes`, `system_memory_available_bytes` | gauge | |
 //! | `cgroup_limit_bytes`, `cgroup_high_bytes`, `cgroup_usage_bytes`, `cgroup_working_set_bytes` | gauge | |
@@ -66,6 +68,14 @@ pub struct AllocatorSnapshot {
     pub reserved_bytes: Option<u64>,
     /// Bytes claimed through the Arrow pool.
     pub pool_claimed_bytes: Option<u64>,
+    /// The emergency overdraft a panicking thread may take past the limit.
+    pub overdraft_limit_bytes: Option<u64>,
+    /// Requests of panicking threads served past the limit.
+    pub overdraft_grants: Option<u64>,
+    /// Bytes those requests took.
+    pub overdraft_bytes: Option<u64>,
+    /// The highest charge above the limit the overdraft reached (apart from `peak_bytes`).
+    pub overdraft_peak_bytes: Option<u64>,
 }
 
 /// Time and samples at one level, in a [`Snapshot`].
@@ -177,6 +187,10 @@ impl MonitorHandle {
                 a.inner_failures = Some(st.inner_failures);
                 a.reserved_bytes = Some(st.reserved_bytes as u64);
                 a.pool_claimed_bytes = Some(st.pool_claimed_bytes as u64);
+                a.overdraft_limit_bytes = Some(st.overdraft_limit_bytes as u64);
+                a.overdraft_grants = Some(st.overdraft_grants);
+                a.overdraft_bytes = Some(st.overdraft_bytes);
+                a.overdraft_peak_bytes = Some(st.overdraft_peak_bytes as u64);
             }
             a
         });
@@ -453,6 +467,28 @@ mod prom {
                     "Failures of the inner allocator.",
                     false,
                     a.inner_failures,
+                )?;
+                out.bytes(
+                    "overdraft_limit",
+                    "Emergency overdraft a panicking thread may take past the limit.",
+                    a.overdraft_limit_bytes,
+                )?;
+                out.bytes(
+                    "overdraft_peak",
+                    "Highest charge above the limit reached by the emergency overdraft.",
+                    a.overdraft_peak_bytes,
+                )?;
+                out.counter(
+                    "overdraft_grants",
+                    "Requests of panicking threads served past the limit.",
+                    false,
+                    a.overdraft_grants,
+                )?;
+                out.counter(
+                    "overdraft",
+                    "Bytes taken past the limit by panicking threads.",
+                    true,
+                    a.overdraft_bytes,
                 )?;
             }
             let m = &s.memory;
@@ -754,6 +790,13 @@ mod tests {
         assert_eq!(value("limited_allocator_allocated_bytes", &[]), 921600.0);
         assert_eq!(value("limited_allocator_limit_bytes", &[]), 1048576.0);
         assert_eq!(value("limited_allocator_refusals_total", &[]), 0.0);
+        assert_eq!(
+            value("limited_allocator_overdraft_limit_bytes", &[]),
+            1048576.0
+        );
+        assert_eq!(value("limited_allocator_overdraft_grants_total", &[]), 0.0);
+        assert_eq!(value("limited_allocator_overdraft_bytes_total", &[]), 0.0);
+        assert_eq!(value("limited_allocator_overdraft_peak_bytes", &[]), 0.0);
         assert_eq!(value("limited_allocator_process_rss_bytes", &[]), 2097152.0);
         assert_eq!(value("limited_allocator_cgroup_oom_kills_total", &[]), 2.0);
         assert_eq!(

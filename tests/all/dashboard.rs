@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-const DASHBOARD: &str = include_str!("../docs/grafana/service-budget.json");
+const DASHBOARD: &str = include_str!("../../docs/grafana/service-budget.json");
 
 /// Every query string in the dashboard: panel targets' `expr` and template queries.
 fn queries(v: &serde_json::Value, out: &mut Vec<String>) {
