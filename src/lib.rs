@@ -13,7 +13,9 @@ mod overdraft;
 mod registry;
 mod release;
 mod report;
+mod requests;
 mod reservation;
+mod scope;
 mod stats;
 mod thread_cache;
 mod units;
@@ -32,6 +34,10 @@ pub mod timeline;
 pub mod allocator_api2;
 #[cfg(feature = "arrow")]
 pub mod arrow;
+#[cfg(feature = "tower")]
+pub mod tower;
+#[cfg(feature = "tracing")]
+pub mod tracing;
 
 pub use allocator::LimitedAllocator;
 pub use config::limit_from_env;
@@ -39,6 +45,7 @@ pub use error::LimitExceeded;
 pub use pressure::{PressureLevel, PressureThresholds};
 pub use release::release_free_memory;
 pub use reservation::{EnterError, EnterGuard, Overflow, Reservation};
+pub use scope::Scoped;
 pub use stats::AllocatorStats;
 pub use units::ByteSize;
 

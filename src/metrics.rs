@@ -20,10 +20,15 @@
 //! | `signal_level` | gauge (0 .. 3) | `signal` |
 //! | `level_samples_total`, `level_seconds_total` | counter | `level` |
 //! | `level_transitions_total`, `monitor_samples_total`, `listener_panics_total`, `leaks_suspected_total` | counter | |
+//! | `request_peak_bytes` (with `PrometheusCollector::with_requests`) | histogram | `le` |
+//! | `requests_shed_total` | counter | `reason` (allocator_level, monitor_level, reservation) |
+//! | `request_refusals_total` | counter | |
 
 use crate::monitor::{MonitorHandle, Reason, Signal, StageStats};
 use crate::sampler::MemorySample;
 use crate::PressureLevel;
+
+pub use crate::requests::{RequestSnapshot, RequestStats, ShedReason, PEAK_BUCKETS};
 
 /// The allocator's numbers in a [`Snapshot`]. Counters the source does not report are
 /// `None` (a plain [`BudgetSource`](crate::monitor::BudgetSource) reports only the first three).
@@ -263,6 +268,7 @@ mod prom {
     #[derive(Debug, Clone)]
     pub struct PrometheusCollector {
         handle: MonitorHandle,
+        requests: Option<RequestStats>,
     }
 
     impl PrometheusCollector {
@@ -274,8 +280,68 @@ mod prom {
         /// # Ok::<(), limited_allocator::monitor::MonitorError>(())
         /// ```
         pub fn new(handle: MonitorHandle) -> Self {
-            Self { handle }
+            Self {
+                handle,
+                requests: None,
+            }
         }
+
+        /// Exports a service's per-request numbers too: `request_peak_bytes` (a
+        /// histogram), `requests_shed_total{reason}` and `request_refusals_total`.
+        ///
+        /// ```
+        /// use limited_allocator::metrics::{PrometheusCollector, RequestStats};
+        /// use limited_allocator::monitor::MemoryMonitor;
+        /// let monitor = MemoryMonitor::builder().build()?;
+        /// let requests = RequestStats::new(); // given to the tower layer too
+        /// let c = PrometheusCollector::new(monitor.handle()).with_requests(requests.clone());
+        /// # Ok::<(), limited_allocator::monitor::MonitorError>(())
+        /// ```
+        pub fn with_requests(mut self, requests: RequestStats) -> Self {
+            self.requests = Some(requests);
+            self
+        }
+    }
+
+    fn encode_requests(out: &mut Out<'_, '_>, r: &RequestSnapshot) -> Result<(), Error> {
+        let name = out.name("request_peak").to_string();
+        let mut m = out.enc.encode_descriptor(
+            &name,
+            "Bytes each request had in use at its peak (its reservation's peak_used).",
+            Some(&Unit::Bytes),
+            MetricType::Histogram,
+        )?;
+        // The encoder wants per-bucket counts and an unbounded (f64::MAX) last bucket.
+        let mut below = 0;
+        let mut buckets: Vec<(f64, u64)> = r
+            .buckets
+            .iter()
+            .map(|&(upper, cumulative)| {
+                let n = cumulative - below;
+                below = cumulative;
+                (upper as f64, n)
+            })
+            .collect();
+        buckets.push((f64::MAX, r.completed.saturating_sub(below)));
+        m.encode_histogram::<NoLabelSet>(r.peak_sum as f64, r.completed, &buckets, None)?;
+        let name = out.name("requests_shed").to_string();
+        let mut family = out.enc.encode_descriptor(
+            &name,
+            "Requests refused before they ran, per reason.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (reason, n) in r.shed {
+            family
+                .encode_family(&[("reason", reason.as_str())])?
+                .encode_counter::<NoLabelSet, _, u64>(&n, None)?;
+        }
+        out.counter(
+            "request_refusals",
+            "Allocations refused inside request budgets.",
+            false,
+            Some(r.refusals),
+        )
     }
 
     const PREFIX: &str = "limited_allocator_";
@@ -551,6 +617,9 @@ mod prom {
                 false,
                 Some(s.leaks_suspected),
             )?;
+            if let Some(r) = &self.requests {
+                encode_requests(&mut out, &r.snapshot())?;
+            }
             Ok(())
         }
     }

@@ -489,6 +489,19 @@ impl<'a, A> Reservation<'a, A> {
         }
     }
 
+    /// Holds the reservation as entered between an async task's polls, until
+    /// [`unhold`](Self::unhold): what [`scope`](Self::scope) keeps from its creation to its
+    /// drop. It counts as one more frame, so the reservation is not "left everywhere"
+    /// (which lets `used` go) while no thread has it entered between two polls.
+    pub(crate) fn hold(&self) {
+        self.state().entered();
+    }
+
+    /// Gives back a [`hold`](Self::hold); the last frame or hold to go lets `used` go.
+    pub(crate) fn unhold(&self) {
+        self.state().left();
+    }
+
     /// Like [`enter`](Self::enter), but says so instead of panicking when the allocator
     /// cannot serve entered reservations.
     ///
