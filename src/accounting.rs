@@ -30,7 +30,9 @@
 //! mailbox.
 
 use crate::credit_pool::{self, CreditPool};
+use crate::overdraft::{self, Overdraft, OverdraftCounts};
 use crate::registry::{self, Post, CACHED_SLOTS, SLOTS};
+use crate::report::Refused;
 use crate::reservation::ReservationState;
 use crate::thread_cache::{self, token, unusual, Entry, EntryAt, Op, Spent, ThreadCache};
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicU8, AtomicUsize, Ordering::*};
@@ -144,8 +146,10 @@ struct Cold {
     inner_failures: AtomicU64,
     reserved: AtomicUsize,
     claimed: AtomicUsize,
-    /// The Arrow pool role (see `arrow_pool`): 0 undecided, else a `PoolRole` code.
+    /// The Arrow pool role (see `arrow`): 0 undecided, else a `PoolRole` code.
     pool_role: AtomicU8,
+    /// A panicking thread's emergency allowance above the limit.
+    overdraft: Overdraft,
 }
 
 /// The counters of [`Core::counts`].
@@ -160,6 +164,7 @@ pub(crate) struct Counts {
     pub inner_failures: u64,
     pub reserved: usize,
     pub claimed: usize,
+    pub overdraft: OverdraftCounts,
 }
 
 pub(crate) struct Core {
@@ -216,6 +221,7 @@ impl Core {
                 reserved: AtomicUsize::new(0),
                 claimed: AtomicUsize::new(0),
                 pool_role: AtomicU8::new(0),
+                overdraft: Overdraft::new(),
             }),
         }
     }
@@ -306,17 +312,8 @@ impl Core {
 
     // ---- the allocation path ----------------------------------------------------------
 
-    /// Charges `size` bytes for an allocation (or a realloc's growth). False = refused.
-    /// Never allocates, locks or panics.
-    #[inline(always)]
-    pub(crate) fn charge(&self, size: usize, op: Op) -> bool {
-        match self.charge_fast(size, op) {
-            Spent::Yes => true,
-            spent => self.charge_rest(spent, size, op),
-        }
-    }
-
-    /// The fast half of [`charge`](Self::charge): spends this thread's credit if it can.
+    /// The fast half of a charge of `size` bytes for an allocation (or a realloc's growth):
+    /// spends this thread's credit if it can. Never allocates, locks or panics.
     /// Anything but `Spent::Yes` must be finished by [`charge_rest`](Self::charge_rest).
     ///
     /// One load of the instance's token, then only this thread's entry: no shared write.
@@ -392,7 +389,7 @@ impl Core {
         }
     }
 
-    /// Undoes a successful [`charge`](Self::charge) whose inner allocation then failed.
+    /// Undoes a successful charge whose inner allocation then failed.
     #[cold]
     pub(crate) fn inner_failed(&self, size: usize, op: Op) {
         self.release(size, Op::Quiet);
@@ -484,10 +481,7 @@ impl Core {
                     e.set_credit(credit + taken);
                     self.rebase(e, after);
                 }
-                Err(()) => {
-                    self.refuse(size, true);
-                    return false;
-                }
+                Err(()) => return self.refuse_alloc(size, op),
             }
         }
         // A new low, if it is one (`set_credit` lowers the low-water mark).
@@ -612,10 +606,7 @@ impl Core {
                 self.count_shared(op);
                 true
             }
-            Err(()) => {
-                self.refuse(size, true);
-                false
-            }
+            Err(()) => self.refuse_alloc(size, op),
         }
     }
 
@@ -725,6 +716,72 @@ impl Core {
         });
     }
 
+    /// The budget refused a `GlobalAlloc` request of `size` bytes. On a panicking thread
+    /// (the only place `std::thread::panicking()` is asked) the emergency overdraft serves
+    /// it, or the process aborts with its line; otherwise the refusal is recorded and
+    /// reported. True when the overdraft granted it.
+    #[cold]
+    #[inline(never)]
+    fn refuse_alloc(&self, size: usize, op: Op) -> bool {
+        if std::thread::panicking() {
+            return self.overdraw(size, op);
+        }
+        self.refuse(size, true);
+        false
+    }
+
+    /// Refuses `size` bytes over the headroom of the entered reservation `r` (with
+    /// `Overflow::Refuse`): counted in `r`'s refusals only, with a line naming its budget.
+    /// A panicking thread is served by the shared budget, else the overdraft.
+    #[cold]
+    #[inline(never)]
+    fn refuse_in_reservation(&self, r: &ReservationState, size: usize, op: Op) -> bool {
+        if std::thread::panicking() {
+            return self.charge_exact(size, op); // and the overdraft if that is refused
+        }
+        r.note_refusal();
+        if self.report_refusals() {
+            let what = Refused::Reservation {
+                headroom: r.headroom(),
+                used: r.used(),
+            };
+            crate::report::refusal(size, self.allocated_bytes(), self.limit(), what);
+        }
+        false
+    }
+
+    /// Serves a panicking thread's refused request from the emergency overdraft: charged
+    /// exactly on the shared counter (its free gives it back like any block's), counted
+    /// apart, never raising the peak. Aborts with the line when the overdraft is spent.
+    fn overdraw(&self, size: usize, op: Op) -> bool {
+        let limit = self.limit();
+        let o = &self.cold.overdraft;
+        match o.grant(&self.charged, limit, size) {
+            Ok(after) => {
+                // Over the limit now: recall the credit, so other threads are served
+                // exactly (and refused) until the overdraft is given back.
+                self.recall_if_over(after);
+                self.count_shared(op);
+                true
+            }
+            Err(current) => overdraft::abort_spent(size, current, limit, o.allowance()),
+        }
+    }
+
+    /// The most a peak may read now (see [`Overdraft::peak_cap`]).
+    #[inline]
+    pub(crate) fn peak_cap(&self) -> usize {
+        self.cold.overdraft.peak_cap(self.limit())
+    }
+
+    pub(crate) fn overdraft_allowance(&self) -> usize {
+        self.cold.overdraft.allowance()
+    }
+
+    pub(crate) fn set_overdraft_allowance(&self, bytes: usize) {
+        self.cold.overdraft.set_allowance(bytes);
+    }
+
     /// Records a refusal; with `report`, also writes the stderr line when enabled.
     pub(crate) fn refuse(&self, size: usize, report: bool) {
         self.cold.refusals.fetch_add(1, Relaxed);
@@ -732,8 +789,15 @@ impl Core {
         self.cold.largest_refusal.fetch_max(size, Relaxed);
         self.recall_credit();
         if report && self.report_refusals() {
-            crate::report::refusal(size, self.allocated_bytes(), self.limit());
+            let (current, limit) = (self.allocated_bytes(), self.limit());
+            crate::report::refusal(size, current, limit, Refused::Alloc);
         }
+    }
+
+    /// The instance's token (which carries its credit epoch), for tests of what recalls credit.
+    #[cfg(test)]
+    pub(crate) fn token_now(&self) -> u64 {
+        self.hot.token.load(Relaxed)
     }
 
     /// Advances the credit epoch: every thread returns its credit on its next call.
@@ -951,7 +1015,10 @@ impl Core {
     fn publish_peak_at(&self, e: &Entry, gen: usize) {
         let candidate = e.peak_candidate();
         if candidate > self.cold.peak.load(Relaxed) && e.peak_gen.get() == gen {
-            self.cold.peak.fetch_max(candidate, Relaxed);
+            // The cap only here, on the rare new peak: the direct paths pass by every time.
+            self.cold
+                .peak
+                .fetch_max(candidate.min(self.peak_cap()), Relaxed);
         }
     }
 
@@ -1047,7 +1114,9 @@ impl Core {
         self.cold.allocs.fetch_add(post.allocs, Relaxed);
         self.cold.deallocs.fetch_add(post.deallocs, Relaxed);
         self.cold.reallocs.fetch_add(post.reallocs, Relaxed);
-        self.cold.peak.fetch_max(post.peak, Relaxed);
+        self.cold
+            .peak
+            .fetch_max(post.peak.min(self.peak_cap()), Relaxed);
         if post.claimed > post.unclaimed {
             self.cold
                 .claimed
@@ -1074,12 +1143,18 @@ impl Core {
         let r = self.entered(e);
         if r.take(size) {
             self.cold.reserved.fetch_sub(size, Relaxed);
-        } else if r.may_grow() && self.reserve(size).is_ok() {
+        } else if !r.may_grow() {
+            // Over the reservation's own budget: its refusal, not the allocator's, so it
+            // neither counts there nor recalls every thread's credit.
+            return self.refuse_in_reservation(r, size, op);
+        } else if self.reserve(size).is_ok() {
             r.note_growth(size);
         } else {
-            r.note_refusal();
-            self.refuse(size, true);
-            return false;
+            let granted = self.refuse_alloc(size, op); // by the overdraft, if panicking
+            if !granted {
+                r.note_refusal();
+            }
+            return granted;
         }
         if e.count(op) {
             self.publish(e);
@@ -1258,7 +1333,12 @@ impl Core {
                 }
             })
             .unwrap_or(0);
-        self.cold.peak.load(Relaxed).max(own).max(current)
+        let cap = self.peak_cap();
+        self.cold
+            .peak
+            .load(Relaxed)
+            .max(own.min(cap))
+            .max(current.min(cap))
     }
 
     pub(crate) fn reset_peak(&self) {
@@ -1270,7 +1350,8 @@ impl Core {
             registry::reset_peak(token::slot(t), token::id(t), gen);
         }
         let current = self.allocated_bytes();
-        self.cold.peak.store(current, Relaxed);
+        self.cold.peak.store(current.min(self.peak_cap()), Relaxed);
+        self.cold.overdraft.peak_reset(current, self.limit());
         let _ = self.own_entry(|e| {
             e.base.set(self.charged.load(Relaxed));
             e.reset_low();
@@ -1294,6 +1375,7 @@ impl Core {
             inner_failures: c.inner_failures.load(Relaxed),
             reserved: c.reserved.load(Relaxed),
             claimed: c.claimed.load(Relaxed),
+            overdraft: c.overdraft.counts(),
         }
     }
 

@@ -9,6 +9,8 @@
 //! |---|---|---|
 //! | `allocated_bytes`, `peak_allocated_bytes`, `limit_bytes`, `reserved_bytes`, `pool_claimed_bytes` | gauge | |
 //! | `allocations_total`, `deallocations_total`, `reallocations_total`, `refusals_total`, `refused_bytes_total`, `inner_failures_total` | counter | |
+//! | `overdraft_limit_bytes`, `overdraft_peak_bytes` | gauge | |
+//! | `overdraft_grants_total`, `overdraft_bytes_total` | counter | |
 //! | `process_rss_bytes`, `process_rss_anon_bytes`, `process_peak_rss_bytes`, `process_limit_bytes` | gauge | |
 //! | `system_memory_total_bytes`, `system_memory_available_bytes` | gauge | |
 //! | `cgroup_limit_bytes`, `cgroup_high_bytes`, `cgroup_usage_bytes`, `cgroup_working_set_bytes` | gauge | |
@@ -18,10 +20,15 @@
 //! | `signal_level` | gauge (0 .. 3) | `signal` |
 //! | `level_samples_total`, `level_seconds_total` | counter | `level` |
 //! | `level_transitions_total`, `monitor_samples_total`, `listener_panics_total`, `leaks_suspected_total` | counter | |
+//! | `request_peak_bytes` (with `PrometheusCollector::with_requests`) | histogram | `le` |
+//! | `requests_shed_total` | counter | `reason` (allocator_level, monitor_level, reservation) |
+//! | `request_refusals_total` | counter | |
 
 use crate::monitor::{MonitorHandle, Reason, Signal, StageStats};
 use crate::sampler::MemorySample;
 use crate::PressureLevel;
+
+pub use crate::requests::{RequestSnapshot, RequestStats, ShedReason, PEAK_BUCKETS};
 
 /// The allocator's numbers in a [`Snapshot`]. Counters the source does not report are
 /// `None` (a plain [`BudgetSource`](crate::monitor::BudgetSource) reports only the first three).
@@ -61,6 +68,14 @@ pub struct AllocatorSnapshot {
     pub reserved_bytes: Option<u64>,
     /// Bytes claimed through the Arrow pool.
     pub pool_claimed_bytes: Option<u64>,
+    /// The emergency overdraft a panicking thread may take past the limit.
+    pub overdraft_limit_bytes: Option<u64>,
+    /// Requests of panicking threads served past the limit.
+    pub overdraft_grants: Option<u64>,
+    /// Bytes those requests took.
+    pub overdraft_bytes: Option<u64>,
+    /// The highest charge above the limit the overdraft reached (apart from `peak_bytes`).
+    pub overdraft_peak_bytes: Option<u64>,
 }
 
 /// Time and samples at one level, in a [`Snapshot`].
@@ -172,6 +187,10 @@ impl MonitorHandle {
                 a.inner_failures = Some(st.inner_failures);
                 a.reserved_bytes = Some(st.reserved_bytes as u64);
                 a.pool_claimed_bytes = Some(st.pool_claimed_bytes as u64);
+                a.overdraft_limit_bytes = Some(st.overdraft_limit_bytes as u64);
+                a.overdraft_grants = Some(st.overdraft_grants);
+                a.overdraft_bytes = Some(st.overdraft_bytes);
+                a.overdraft_peak_bytes = Some(st.overdraft_peak_bytes as u64);
             }
             a
         });
@@ -249,6 +268,7 @@ mod prom {
     #[derive(Debug, Clone)]
     pub struct PrometheusCollector {
         handle: MonitorHandle,
+        requests: Option<RequestStats>,
     }
 
     impl PrometheusCollector {
@@ -260,8 +280,68 @@ mod prom {
         /// # Ok::<(), limited_allocator::monitor::MonitorError>(())
         /// ```
         pub fn new(handle: MonitorHandle) -> Self {
-            Self { handle }
+            Self {
+                handle,
+                requests: None,
+            }
         }
+
+        /// Exports a service's per-request numbers too: `request_peak_bytes` (a
+        /// histogram), `requests_shed_total{reason}` and `request_refusals_total`.
+        ///
+        /// ```
+        /// use limited_allocator::metrics::{PrometheusCollector, RequestStats};
+        /// use limited_allocator::monitor::MemoryMonitor;
+        /// let monitor = MemoryMonitor::builder().build()?;
+        /// let requests = RequestStats::new(); // given to the tower layer too
+        /// let c = PrometheusCollector::new(monitor.handle()).with_requests(requests.clone());
+        /// # Ok::<(), limited_allocator::monitor::MonitorError>(())
+        /// ```
+        pub fn with_requests(mut self, requests: RequestStats) -> Self {
+            self.requests = Some(requests);
+            self
+        }
+    }
+
+    fn encode_requests(out: &mut Out<'_, '_>, r: &RequestSnapshot) -> Result<(), Error> {
+        let name = out.name("request_peak").to_string();
+        let mut m = out.enc.encode_descriptor(
+            &name,
+            "Bytes each request had in use at its peak (its reservation's peak_used).",
+            Some(&Unit::Bytes),
+            MetricType::Histogram,
+        )?;
+        // The encoder wants per-bucket counts and an unbounded (f64::MAX) last bucket.
+        let mut below = 0;
+        let mut buckets: Vec<(f64, u64)> = r
+            .buckets
+            .iter()
+            .map(|&(upper, cumulative)| {
+                let n = cumulative - below;
+                below = cumulative;
+                (upper as f64, n)
+            })
+            .collect();
+        buckets.push((f64::MAX, r.completed.saturating_sub(below)));
+        m.encode_histogram::<NoLabelSet>(r.peak_sum as f64, r.completed, &buckets, None)?;
+        let name = out.name("requests_shed").to_string();
+        let mut family = out.enc.encode_descriptor(
+            &name,
+            "Requests refused before they ran, per reason.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (reason, n) in r.shed {
+            family
+                .encode_family(&[("reason", reason.as_str())])?
+                .encode_counter::<NoLabelSet, _, u64>(&n, None)?;
+        }
+        out.counter(
+            "request_refusals",
+            "Allocations refused inside request budgets.",
+            false,
+            Some(r.refusals),
+        )
     }
 
     const PREFIX: &str = "limited_allocator_";
@@ -387,6 +467,28 @@ mod prom {
                     "Failures of the inner allocator.",
                     false,
                     a.inner_failures,
+                )?;
+                out.bytes(
+                    "overdraft_limit",
+                    "Emergency overdraft a panicking thread may take past the limit.",
+                    a.overdraft_limit_bytes,
+                )?;
+                out.bytes(
+                    "overdraft_peak",
+                    "Highest charge above the limit reached by the emergency overdraft.",
+                    a.overdraft_peak_bytes,
+                )?;
+                out.counter(
+                    "overdraft_grants",
+                    "Requests of panicking threads served past the limit.",
+                    false,
+                    a.overdraft_grants,
+                )?;
+                out.counter(
+                    "overdraft",
+                    "Bytes taken past the limit by panicking threads.",
+                    true,
+                    a.overdraft_bytes,
                 )?;
             }
             let m = &s.memory;
@@ -515,6 +617,9 @@ mod prom {
                 false,
                 Some(s.leaks_suspected),
             )?;
+            if let Some(r) = &self.requests {
+                encode_requests(&mut out, &r.snapshot())?;
+            }
             Ok(())
         }
     }
@@ -685,6 +790,13 @@ mod tests {
         assert_eq!(value("limited_allocator_allocated_bytes", &[]), 921600.0);
         assert_eq!(value("limited_allocator_limit_bytes", &[]), 1048576.0);
         assert_eq!(value("limited_allocator_refusals_total", &[]), 0.0);
+        assert_eq!(
+            value("limited_allocator_overdraft_limit_bytes", &[]),
+            1048576.0
+        );
+        assert_eq!(value("limited_allocator_overdraft_grants_total", &[]), 0.0);
+        assert_eq!(value("limited_allocator_overdraft_bytes_total", &[]), 0.0);
+        assert_eq!(value("limited_allocator_overdraft_peak_bytes", &[]), 0.0);
         assert_eq!(value("limited_allocator_process_rss_bytes", &[]), 2097152.0);
         assert_eq!(value("limited_allocator_cgroup_oom_kills_total", &[]), 2.0);
         assert_eq!(

@@ -13,6 +13,14 @@
 //! Bytes allocated inside an entered reservation stay charged to the allocator after the
 //! reservation is dropped (they are live memory); only the unspent headroom is released.
 //! So memory allocated inside and freed outside, or the reverse, never drifts the count.
+//! What the reservation itself counts as [`used`](Reservation::used) follows a rule of its
+//! own, documented there: it is let go when the reservation is left everywhere.
+//!
+//! With [`Overflow::Refuse`], a request past the reservation's headroom is the
+//! reservation's refusal: counted in [`Reservation::refusals`], not in the allocator's
+//! `refusals`, with no recall of other threads' credit (the shared budget had no part in
+//! it), and its stderr line says it was the reservation's budget. Under `Overflow::Grow`,
+//! a request the shared budget cannot cover either is the allocator's refusal too.
 
 use crate::accounting::Core;
 use crate::error::LimitExceeded;
@@ -56,6 +64,9 @@ pub(crate) struct ReservationState {
     /// Bytes allocated through the reservation while entered, net of frees given back.
     used: AtomicUsize,
     peak_used: AtomicUsize,
+    /// Enter-stack frames (on any thread) that hold this state; when the last one goes, the
+    /// reservation is left everywhere and `used` is let go (see [`Reservation::used`]).
+    frames: AtomicUsize,
     refuse: AtomicBool,
     refusals: AtomicU64,
 }
@@ -74,6 +85,7 @@ impl ReservationState {
             closed: AtomicBool::new(false),
             used: AtomicUsize::new(0),
             peak_used: AtomicUsize::new(0),
+            frames: AtomicUsize::new(0),
             refuse: AtomicBool::new(false),
             refusals: AtomicU64::new(0),
         };
@@ -103,6 +115,20 @@ impl ReservationState {
         unsafe {
             core::ptr::drop_in_place(ptr.as_ptr());
             std::alloc::dealloc(ptr.as_ptr().cast(), Layout::new::<Self>());
+        }
+    }
+
+    /// A frame of an enter stack now holds this state.
+    fn entered(&self) {
+        self.frames.fetch_add(1, Relaxed);
+    }
+
+    /// A frame holding this state was removed; the last one lets `used` go: what was
+    /// allocated inside and is still live is the allocator's plain memory from now on, so
+    /// frees outside (which the reservation cannot see) cannot leave it counted forever.
+    fn left(&self) {
+        if self.frames.fetch_sub(1, Relaxed) == 1 {
+            self.used.store(0, Relaxed);
         }
     }
 
@@ -173,6 +199,16 @@ impl ReservationState {
 
     pub(crate) fn note_refusal(&self) {
         self.refusals.fetch_add(1, Relaxed);
+    }
+
+    /// Bytes allocated through the reservation while entered, net of frees given back.
+    pub(crate) fn used(&self) -> usize {
+        self.used.load(Relaxed)
+    }
+
+    /// Charged headroom not yet spent (0 once closed).
+    pub(crate) fn headroom(&self) -> usize {
+        self.held()
     }
 
     fn held(&self) -> usize {
@@ -257,7 +293,18 @@ impl<'a, A> Reservation<'a, A> {
         self.state().held()
     }
 
-    /// Bytes allocated through the reservation while entered and not yet freed.
+    /// Bytes allocated through the reservation while entered and not yet freed while
+    /// entered.
+    ///
+    /// The rule: a block belongs to the reservation from its allocation inside until it is
+    /// freed inside (by any thread entered in it) or until the reservation is left
+    /// everywhere (its last [`EnterGuard`] drops), whichever comes first. A block freed
+    /// outside (by a thread not entered in it) cannot be seen, so it stays counted until
+    /// then; after that, what is still live is plain memory of the allocator (still
+    /// charged, exactly), and `used` starts again from 0. So `used` never grows across
+    /// enterings; within one, blocks handed to other threads and freed there keep it high
+    /// (bounded by what was allocated inside). [`peak_used`](Self::peak_used) keeps the
+    /// highest value.
     ///
     /// ```
     /// let a = limited_allocator::LimitedAllocator::new(std::alloc::System, 100);
@@ -442,6 +489,19 @@ impl<'a, A> Reservation<'a, A> {
         }
     }
 
+    /// Holds the reservation as entered between an async task's polls, until
+    /// [`unhold`](Self::unhold): what [`scope`](Self::scope) keeps from its creation to its
+    /// drop. It counts as one more frame, so the reservation is not "left everywhere"
+    /// (which lets `used` go) while no thread has it entered between two polls.
+    pub(crate) fn hold(&self) {
+        self.state().entered();
+    }
+
+    /// Gives back a [`hold`](Self::hold); the last frame or hold to go lets `used` go.
+    pub(crate) fn unhold(&self) {
+        self.state().left();
+    }
+
     /// Like [`enter`](Self::enter), but says so instead of panicking when the allocator
     /// cannot serve entered reservations.
     ///
@@ -456,11 +516,14 @@ impl<'a, A> Reservation<'a, A> {
         let ptr = self.state.as_ptr().cast_const();
         self.state().retain();
         match core.enter(ptr) {
-            Some(frame) => Ok(EnterGuard {
-                core,
-                frame,
-                _not_send: PhantomData,
-            }),
+            Some(frame) => {
+                self.state().entered(); // the frame holds it now
+                Ok(EnterGuard {
+                    core,
+                    frame,
+                    _not_send: PhantomData,
+                })
+            }
             None => {
                 // SAFETY: we own the reference taken just above and drop it here.
                 unsafe { ReservationState::release(self.state) };
@@ -540,9 +603,12 @@ impl Drop for EnterGuard<'_> {
         self.core.leave(self.frame, |removed| {
             if let Some(ptr) = NonNull::new(removed.cast_mut()) {
                 // SAFETY: `leave` hands over the reference a removed frame held for `ptr`, a
-                // state from `ReservationState::allocate`; the frame is gone and no entry
-                // points at it any more.
-                unsafe { ReservationState::release(ptr) };
+                // state from `ReservationState::allocate`, so it is alive until released
+                // here; the frame is gone and no entry points at it any more.
+                unsafe {
+                    ptr.as_ref().left();
+                    ReservationState::release(ptr);
+                }
             }
         });
     }
@@ -551,3 +617,35 @@ impl Drop for EnterGuard<'_> {
 // Keep `GlobalAlloc` in scope for the docs' intra-doc links.
 #[allow(unused_imports)]
 use GlobalAlloc as _;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A refusal over a refusing reservation's headroom recalls no thread's credit (the
+    /// credit epoch stays), while one of the shared budget does.
+    #[test]
+    fn a_local_refusal_recalls_no_credit() {
+        let a = LimitedAllocator::new(System, 1 << 20);
+        a.set_refusal_reporting(false);
+        let layout = Layout::from_size_align(2000, 8).unwrap();
+        let r = a.try_reserve(1000).unwrap();
+        r.set_overflow(Overflow::Refuse);
+        let guard = r.enter();
+        let epoch = a.core().token_now();
+        // SAFETY: a non-zero layout; the call is refused, so nothing is to be freed.
+        assert!(unsafe { a.alloc(layout) }.is_null());
+        assert_eq!(
+            a.core().token_now(),
+            epoch,
+            "a local refusal recalled credit"
+        );
+        drop(guard);
+        assert!(a.try_reserve(2 << 20).is_err());
+        assert_ne!(
+            a.core().token_now(),
+            epoch,
+            "the budget's refusal recalls it"
+        );
+    }
+}

@@ -403,16 +403,23 @@ impl Shared {
     }
 
     /// An observation for the stages' statistics only (entry and exit of a stage).
-    fn observe_stage(&self, name: &str, entering: bool) {
+    fn observe_stage(&self, name: &str, edge: StageEdge) {
         let allocated = self.source.as_ref().map(|s| s.allocated_bytes() as u64);
         let rss = self.sampler.sample().rss_bytes;
         let mut st = lock(&self.state);
         let acc = stage_acc(&mut st.stages, name);
-        acc.entered += u64::from(entering);
+        acc.entered += u64::from(edge == StageEdge::Enter);
         acc.samples += 1;
         acc.allocated.add(allocated);
         acc.rss.add(rss);
     }
+}
+
+/// Which end of a stage an observation is taken at: only entries count as `entered`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StageEdge {
+    Enter,
+    Exit,
 }
 
 fn stage_acc<'a>(stages: &'a mut Vec<StageAcc>, name: &str) -> &'a mut StageAcc {
@@ -578,7 +585,7 @@ impl MonitorHandle {
         let name = name.into();
         let id = self.shared.next_stage_id.fetch_add(1, Ordering::Relaxed);
         lock(&self.shared.active_stages).push((id, name.clone()));
-        self.shared.observe_stage(&name, true);
+        self.shared.observe_stage(&name, StageEdge::Enter);
         StageGuard {
             shared: Arc::clone(&self.shared),
             id,
@@ -693,7 +700,7 @@ impl fmt::Debug for StageGuard {
 
 impl Drop for StageGuard {
     fn drop(&mut self) {
-        self.shared.observe_stage(&self.name, false);
+        self.shared.observe_stage(&self.name, StageEdge::Exit);
         lock(&self.shared.active_stages).retain(|(id, _)| *id != self.id);
     }
 }

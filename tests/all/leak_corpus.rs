@@ -4,7 +4,7 @@
 //! are generated: the detector takes time from the samples.
 //!
 //! The rates are asserted (false alarms under 5 %, detection over 95 %) and printed with
-//! the time to detect (`cargo test --test leak_corpus -- --nocapture`); docs/monitoring.md
+//! the time to detect (`cargo test --test all leak_corpus -- --nocapture`); docs/monitoring.md
 //! quotes the table. With feature `timeline` and `LEAK_SVG=path`, the picture of one
 //! leaking and one healthy series is written there (docs/leak-detection.svg).
 

@@ -7,8 +7,7 @@ use limited_allocator::arrow::PoolRole;
 use limited_allocator::LimitedAllocator;
 use std::alloc::System;
 
-mod common;
-use common::*;
+use crate::common::*;
 
 fn buffer(bytes: usize) -> Buffer {
     Buffer::from_vec(vec![7u8; bytes])

@@ -4,8 +4,7 @@ use limited_allocator::chunking::{process_in_chunks, AdaptiveChunker, ChunkConfi
 use limited_allocator::PressureLevel;
 use std::cell::{Cell, RefCell};
 
-mod common;
-use common::*;
+use crate::common::*;
 
 #[test]
 fn a_tight_budget_shrinks_the_chunks_and_room_grows_them_back() {
