@@ -241,6 +241,7 @@ impl Core {
             // Credit carved under the old limit may now be more than fits: recall it, and
             // threads park if usage is over the new limit.
             self.recall_credit();
+            self.recall_if_over(self.charged.load(Relaxed));
         } else if limit > old && self.charged.load(Relaxed) <= limit {
             // Parked threads may take credit again.
             self.recall_credit();
@@ -701,8 +702,19 @@ impl Core {
     /// threads park (see `sync_entry`).
     fn recall_if_over(&self, after: usize) {
         if after > self.limit() {
-            self.recall_credit();
+            self.set_over(true);
         }
+    }
+
+    /// Sets or clears the token's `OVER` state (advancing the epoch with it, so every entry
+    /// re-syncs); nothing if it is set that way already or the instance is unregistered.
+    /// AcqRel as in [`recall_credit`](Self::recall_credit).
+    fn set_over(&self, over: bool) {
+        let _ = self.hot.token.fetch_update(AcqRel, Relaxed, |t| {
+            let is_over = t & token::OVER != 0;
+            (t != token::UNREGISTERED && is_over != over)
+                .then(|| token::next_epoch(t) ^ token::OVER)
+        });
     }
 
     /// Gives bytes back to the budget (reservation headroom, claims).
@@ -866,6 +878,15 @@ impl Core {
             return Some(e);
         }
         self.absorb();
+        // The token's OVER state follows what this slow path sees (whoever sees the change
+        // first flips it), so that entries synced on the other side never match.
+        let over = self.charged.load(Relaxed) > self.limit();
+        let current = if over != (current & token::OVER != 0) {
+            self.set_over(over);
+            self.token()
+        } else {
+            current
+        };
         if held & !token::FLAGS != current {
             if held != 0 && token::id(held) == token::id(current) {
                 // Our own credit from an earlier epoch: hand it back, keep counts and entering.
