@@ -765,9 +765,18 @@ impl Core {
     /// Serves a panicking thread's refused request from the emergency overdraft: charged
     /// exactly on the shared counter (its free gives it back like any block's), counted
     /// apart, never raising the peak. Aborts with the line when the overdraft is spent.
+    ///
+    /// A request larger than the whole allowance could never have been served, however
+    /// little was lent: it is refused as at any limit (null), not aborted, so a fallible
+    /// request made while unwinding (a destructor's `try_reserve(64 MiB)`) gets its `Err`.
+    /// An infallible one ends in `handle_alloc_error` as it would without a panic.
     fn overdraw(&self, size: usize, op: Op) -> bool {
         let limit = self.limit();
         let o = &self.cold.overdraft;
+        if size > o.allowance() {
+            self.refuse(size, true);
+            return false;
+        }
         match o.grant(&self.charged, limit, size) {
             Ok(after) => {
                 // Over the limit now: recall the credit, so other threads are served

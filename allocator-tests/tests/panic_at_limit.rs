@@ -61,6 +61,28 @@ fn child(role: &str) {
             let bt = std::backtrace::Backtrace::capture();
             println!("CAPTURED {:?} with {} blocks held", bt.status(), held.len());
         }
+        "fallible-in-unwind" => {
+            /// A destructor that handles a refused request, as a fallible one should.
+            struct TriesWhileUnwinding;
+            impl Drop for TriesWhileUnwinding {
+                fn drop(&mut self) {
+                    assert!(std::thread::panicking());
+                    let mut big: Vec<u8> = Vec::new();
+                    let refused = big.try_reserve_exact(64 << 20).is_err();
+                    let mut small: Vec<u8> = Vec::new();
+                    let served = small.try_reserve_exact(256).is_ok();
+                    println!("UNWINDING big_refused={refused} small_served={served}");
+                }
+            }
+            let held = exhaust(&ALLOC);
+            let unwound = std::panic::catch_unwind(|| {
+                let _guard = TriesWhileUnwinding;
+                panic!("{MESSAGE}");
+            });
+            drop(held);
+            assert!(unwound.is_err());
+            println!("SURVIVED");
+        }
         other => panic!("unknown child role {other:?}"),
     }
 }
@@ -166,6 +188,29 @@ fn a_panic_on_a_spawned_thread_keeps_its_message() {
         assert!(excess > 0 && excess <= 1 << 20, "{line}");
         assert!(field("peak") <= field("limit"), "{line}");
     }
+}
+
+/// A fallible request larger than the whole overdraft, made by a destructor while the
+/// thread unwinds at an exhausted limit, gets its `Err` (the process lives on); a small one
+/// is still served by the overdraft.
+#[test]
+fn a_fallible_request_past_the_overdraft_is_refused_while_unwinding() {
+    const TEST: &str = "a_fallible_request_past_the_overdraft_is_refused_while_unwinding";
+    if let Some(role) = child_role() {
+        return child(&role);
+    }
+    let out = Child::test(TEST, "fallible-in-unwind")
+        .set(&[("RUST_BACKTRACE", "0")])
+        .timeout(HANG)
+        .run();
+    assert!(!out.timed_out, "hung: {out:#?}");
+    assert!(
+        out.stdout
+            .contains("UNWINDING big_refused=true small_served=true"),
+        "{out:#?}"
+    );
+    assert!(out.stdout.contains("SURVIVED"), "{out:#?}");
+    assert_eq!(out.status.code(), Some(0), "{out:#?}");
 }
 
 /// What `std::backtrace::Backtrace::capture` does at an exhausted limit on a thread that is
