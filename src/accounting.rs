@@ -821,6 +821,12 @@ impl Core {
         self.hot.token.load(Relaxed)
     }
 
+    /// This thread's hold for the instance (0 without an entry), for tests of the pool.
+    #[cfg(test)]
+    pub(crate) fn own_hold(&self) -> usize {
+        self.own_entry(|e| e.hold()).unwrap_or(0)
+    }
+
     /// Advances the credit epoch: every thread returns its credit on its next call.
     pub(crate) fn recall_credit(&self) {
         let _ = self.hot.token.fetch_update(AcqRel, Relaxed, |t| {
@@ -962,7 +968,13 @@ impl Core {
             // After the entry stopped holding it: the pool counts every hold in full.
             self.credit_out.give(old - want);
         } else if want > old {
-            let got = self.grow_hold(want - old);
+            let mut got = self.grow_hold(want - old);
+            // A short pool may be full of holds that exited threads posted back: absorb
+            // them and retry once, or this thread stays at hold 0 (one CAS per call) until
+            // something else absorbs. `has_post` keeps the common case to one load.
+            if got < want - old && self.has_post() && self.absorb_posted_holds() {
+                got += self.grow_hold(want - old - got);
+            }
             if got > 0 {
                 e.set_hold(old + got);
             }
@@ -1127,6 +1139,20 @@ impl Core {
         }
         self.apply(post);
         post.returned > post.added
+    }
+
+    /// [`absorb_posted`](Self::absorb_posted) for [`resize_hold`](Self::resize_hold): true
+    /// when holds came back to the pool.
+    #[cold]
+    #[inline(never)]
+    fn absorb_posted_holds(&self) -> bool {
+        let slot = token::slot(self.hot.token.load(Relaxed));
+        if slot >= SLOTS {
+            return false;
+        }
+        let post = registry::take(slot);
+        self.apply(post);
+        post.hold > 0
     }
 
     fn apply(&self, post: Post) {
@@ -1433,6 +1459,59 @@ impl Drop for Core {
 mod tests {
     use super::*;
     use crate::{PressureLevel, PressureThresholds};
+
+    /// Holds that exited threads posted back are absorbed when a live thread's hold grows
+    /// on a pool they left full: 8 threads take the whole pool (`limit / 16`, 8 full holds)
+    /// and exit; the main thread, synced before and holding nothing, gets a hold on its next
+    /// slow path (without the absorb it stayed at 0 until something else absorbed).
+    #[test]
+    fn a_hold_grows_from_holds_posted_by_exited_threads() {
+        use crate::LimitedAllocator;
+        use core::alloc::{GlobalAlloc, Layout};
+        use std::alloc::System;
+        let a = LimitedAllocator::new(System, 64 << 20);
+        a.set_refusal_reporting(false);
+        let layout = Layout::from_size_align(4096, 8).unwrap();
+        let pair = || {
+            // SAFETY: a non-zero layout; the block is freed with it at once.
+            unsafe {
+                let p = a.alloc(layout);
+                assert!(!p.is_null());
+                a.dealloc(p, layout);
+            }
+        };
+        pair(); // the main thread's entry is synced
+        a.core().return_own_credit();
+        assert_eq!(a.core().own_hold(), 0);
+        // All hold at once (a thread that synced after another exited would absorb its
+        // post), then exit together.
+        let all_hold = std::sync::Barrier::new(THREAD_SHARE);
+        std::thread::scope(|s| {
+            let threads: Vec<_> = (0..THREAD_SHARE)
+                .map(|_| {
+                    s.spawn(|| {
+                        pair();
+                        assert_eq!(a.core().own_hold(), HOLD_MAX, "the pool had room");
+                        all_hold.wait();
+                    })
+                })
+                .collect();
+            // Joined explicitly: that waits for each thread's exit (its TLS destructors).
+            threads.into_iter().for_each(|t| t.join().unwrap());
+        });
+        // Every hold is posted, none absorbed yet: the pool reads full.
+        assert_eq!(a.core().credit_out.load(), (64 << 20) / CREDIT_SHARE);
+        // Its credit is spent: the next allocation takes the slow path, which resizes.
+        let big = Layout::from_size_align(64 << 10, 8).unwrap();
+        // SAFETY: as above.
+        unsafe {
+            let p = a.alloc(big);
+            assert!(!p.is_null());
+            a.dealloc(p, big);
+        }
+        assert!(a.core().own_hold() > 0, "the posted holds were not absorbed");
+        assert_eq!(a.allocated_bytes(), 0);
+    }
 
     /// The definition the cut points implement: the highest threshold with
     /// `used * 10_000 >= bp * limit`, in `u128`.
