@@ -1170,9 +1170,13 @@ impl Core {
         self.cold.allocs.fetch_add(post.allocs, Relaxed);
         self.cold.deallocs.fetch_add(post.deallocs, Relaxed);
         self.cold.reallocs.fetch_add(post.reallocs, Relaxed);
-        self.cold
-            .peak
-            .fetch_max(post.peak.min(self.peak_cap()), Relaxed);
+        // Only a peak of the current generation: one taken before a `reset_peak` and
+        // applied after it would bring the old peak back.
+        if post.peak != 0 && post.peak_gen == self.cold.peak_gen.load(Relaxed) {
+            self.cold
+                .peak
+                .fetch_max(post.peak.min(self.peak_cap()), Relaxed);
+        }
         if post.claimed > post.unclaimed {
             self.cold
                 .claimed
@@ -1511,6 +1515,43 @@ mod tests {
         }
         assert!(a.core().own_hold() > 0, "the posted holds were not absorbed");
         assert_eq!(a.allocated_bytes(), 0);
+    }
+
+    /// A peak taken from the mailbox before `reset_peak` and applied after it (an absorb
+    /// racing the reset) does not bring the old peak back: the post carries the generation
+    /// it was taken at, and only the current one is merged.
+    #[test]
+    fn a_peak_taken_before_a_reset_is_not_applied_after_it() {
+        use crate::LimitedAllocator;
+        use std::alloc::System;
+        let a = LimitedAllocator::new(System, 64 << 20);
+        let t = a.core().token();
+        let (slot, id) = (token::slot(t), token::id(t));
+        assert!(slot < SLOTS, "the instance owns a slot");
+        let old_peak = 5 << 20;
+        let posted = Post {
+            peak: old_peak,
+            peak_gen: a.core().cold.peak_gen.load(Relaxed),
+            ..Post::default()
+        };
+        registry::post(slot, id, posted);
+        let taken = registry::take(slot);
+        assert_eq!(taken.peak, old_peak);
+        a.reset_peak();
+        a.core().apply(taken);
+        assert!(
+            a.peak_bytes() < old_peak,
+            "the old peak came back: {}",
+            a.peak_bytes()
+        );
+        // A peak of the current generation is still merged.
+        let now = Post {
+            peak: 1 << 20,
+            peak_gen: a.core().cold.peak_gen.load(Relaxed),
+            ..Post::default()
+        };
+        a.core().apply(now);
+        assert_eq!(a.peak_bytes(), 1 << 20);
     }
 
     /// The definition the cut points implement: the highest threshold with

@@ -89,8 +89,9 @@ pub(crate) struct Post {
 }
 
 impl Post {
+    /// Nothing to apply (the generation alone tags no peak).
     pub(crate) fn is_empty(&self) -> bool {
-        *self == Post::default()
+        Post { peak_gen: 0, ..*self } == Post::default()
     }
 }
 
@@ -198,6 +199,11 @@ pub(crate) fn take(index: usize) -> Post {
 }
 
 fn take_all(slot: &Slot) -> Post {
+    // The generation before the peak: a peak in the slot is of this generation or a later
+    // one (posts land only when they match, and `reset_peak` clears the slot after it
+    // stores a new one), so tagging it with this one can only make the owner drop a newer
+    // peak (it under-reports until that thread's next window), never keep an older one.
+    let peak_gen = slot.peak_gen.load(Ordering::Relaxed);
     Post {
         returned: slot.returned.swap(0, Ordering::Relaxed),
         added: slot.added.swap(0, Ordering::Relaxed),
@@ -205,7 +211,7 @@ fn take_all(slot: &Slot) -> Post {
         deallocs: slot.deallocs.swap(0, Ordering::Relaxed),
         reallocs: slot.reallocs.swap(0, Ordering::Relaxed),
         peak: slot.peak.swap(0, Ordering::Relaxed),
-        peak_gen: 0,
+        peak_gen,
         hold: slot.hold.swap(0, Ordering::Relaxed),
         claimed: slot.claimed.swap(0, Ordering::Relaxed),
         unclaimed: slot.unclaimed.swap(0, Ordering::Relaxed),
