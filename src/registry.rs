@@ -294,6 +294,58 @@ mod tests {
         assert!(seen.windows(2).any(|w| w[1] < w[0]), "{seen:?}");
     }
 
+    /// A pin held across `fork()` on the slot the child releases: in the child the pinning
+    /// thread does not exist, so without the child handler's clear the release waits for
+    /// ever (the child's `alarm(5)` then kills it with SIGALRM). The pin is taken by a
+    /// helper thread that holds it, deterministically, until the parent has forked.
+    #[cfg(unix)]
+    #[test]
+    fn a_child_releases_a_slot_pinned_across_the_fork() {
+        use std::sync::atomic::AtomicBool;
+        use std::time::{Duration, Instant};
+        let id = next_id();
+        let index = claim(id, false).unwrap();
+        let (pinned, forked) = (AtomicBool::new(false), AtomicBool::new(false));
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                TABLE[index].pin.with_pinned(id, || {
+                    pinned.store(true, Ordering::Relaxed);
+                    while !forked.load(Ordering::Relaxed) {
+                        std::thread::yield_now();
+                    }
+                });
+            });
+            while !pinned.load(Ordering::Relaxed) {
+                std::thread::yield_now();
+            }
+            // SAFETY: the child only releases the slot (atomics, `sched_yield`), then
+            // `_exit`s; it neither allocates nor takes a lock.
+            let pid = unsafe { libc::fork() };
+            assert!(pid >= 0, "fork failed");
+            if pid == 0 {
+                // SAFETY: async-signal-safe calls only.
+                unsafe {
+                    libc::alarm(5);
+                    release(index, id);
+                    libc::_exit(0);
+                }
+            }
+            forked.store(true, Ordering::Relaxed);
+            let start = Instant::now();
+            let mut status = 0;
+            // SAFETY: waits for our own child; `status` is a valid out-pointer.
+            while unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } != pid {
+                assert!(start.elapsed() < Duration::from_secs(30), "the child hung");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            assert!(
+                libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+                "the child's release hung on the parent's pin (status {status:#x})"
+            );
+        });
+        release(index, id);
+    }
+
     #[test]
     fn posts_reach_the_owner_and_only_the_owner() {
         let id = next_id();
