@@ -239,30 +239,59 @@ pub(crate) fn next_id() -> u64 {
     }
 }
 
-/// Registers (once per process, from the first `claim`) a `pthread_atfork` child handler
-/// that clears every pin: in the child of a fork, the only thread is the one that called
-/// `fork`, which was not posting, so every pin was held by a thread that does not exist
-/// there and would make the child's `release` wait for ever.
+/// Makes sure the `pthread_atfork` child handler is registered before a slot is claimed:
+/// in the child of a fork, the only thread is the one that called `fork`, which was not
+/// posting, so every pin was held by a thread that does not exist there and would make the
+/// child's `release` wait for ever.
 ///
-/// Not a `Once`: `pthread_atfork` may allocate, re-entering the allocator and this function
-/// on the same thread; the re-entrant call sees "registering" and goes on without waiting.
+/// Registering is never done here on Linux: `pthread_atfork` takes glibc's `atfork_lock`
+/// (and may `malloc`), and `claim` runs on the allocation path, where a `fork` in progress
+/// on another thread holds that lock while its prepare handlers run; a prepare handler that
+/// allocated through this allocator would then deadlock against itself. So on Linux the
+/// handler is registered by an ELF constructor ([`ATFORK_CONSTRUCTOR`], `.init_array`),
+/// which runs when the binary is loaded, before `main` and before any thread exists. The
+/// `black_box` keeps the constructor's object linked in (the linker drops unreferenced
+/// archive members, `#[used]` or not).
+///
+/// Other unix systems register here, on the first claim (documented in `docs/design.md`):
+/// not a `Once`, because `pthread_atfork` may allocate, re-entering the allocator and this
+/// function on the same thread; the re-entrant call sees "registering" and goes on.
 fn clear_pins_after_fork() {
-    #[cfg(unix)]
+    #[cfg(target_os = "linux")]
     {
-        static STATE: core::sync::atomic::AtomicU8 = core::sync::atomic::AtomicU8::new(0);
-        if STATE.load(Ordering::Relaxed) != 0
-            || STATE
-                .compare_exchange(0, 1, Ordering::Relaxed, Ordering::Relaxed)
-                .is_err()
-        {
-            return;
-        }
-        // SAFETY: registers a handler with the C signature pthread_atfork expects; the
-        // handler only does relaxed atomic stores to static memory (async-signal-safe).
-        unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
-        STATE.store(2, Ordering::Relaxed);
+        core::hint::black_box(&ATFORK_CONSTRUCTOR);
     }
+    #[cfg(all(unix, not(target_os = "linux")))]
+    register_atfork();
 }
+
+/// 0: not registered, 1: registering, 2: registered.
+#[cfg(unix)]
+static ATFORK_STATE: core::sync::atomic::AtomicU8 = core::sync::atomic::AtomicU8::new(0);
+
+/// Registers [`after_fork_in_child`] once per process.
+#[cfg(unix)]
+extern "C" fn register_atfork() {
+    if ATFORK_STATE.load(Ordering::Relaxed) != 0
+        || ATFORK_STATE
+            .compare_exchange(0, 1, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+    {
+        return;
+    }
+    // SAFETY: registers a handler with the C signature pthread_atfork expects; the
+    // handler only does relaxed atomic stores to static memory (async-signal-safe).
+    unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
+    ATFORK_STATE.store(2, Ordering::Relaxed);
+}
+
+/// The ELF constructor that registers the fork handler at load time (see
+/// [`clear_pins_after_fork`]): the dynamic loader (or a static binary's start code) calls
+/// every `.init_array` entry before `main`, with no other thread running.
+#[cfg(target_os = "linux")]
+#[used]
+#[link_section = ".init_array"]
+static ATFORK_CONSTRUCTOR: extern "C" fn() = register_atfork;
 
 /// The `pthread_atfork` child handler: see [`clear_pins_after_fork`]. A slot the parent
 /// was releasing at the fork stays dead in the child (its instance is gone there too).
@@ -292,6 +321,14 @@ mod tests {
         );
         // Past ID_MAX the ids came round (another test may take some in between).
         assert!(seen.windows(2).any(|w| w[1] < w[0]), "{seen:?}");
+    }
+
+    /// The fork handler is registered when the binary is loaded, not by a claim (which runs
+    /// on the allocation path): on Linux nothing else registers it.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_fork_handler_is_registered_at_load() {
+        assert_eq!(ATFORK_STATE.load(Ordering::Relaxed), 2);
     }
 
     /// A pin held across `fork()` on the slot the child releases: in the child the pinning
