@@ -708,9 +708,9 @@ impl Core {
 
     /// Sets or clears the token's `OVER` state (advancing the epoch with it, so every entry
     /// re-syncs); nothing if it is set that way already or the instance is unregistered.
-    /// AcqRel as in [`recall_credit`](Self::recall_credit).
+    /// Release as in [`recall_credit`](Self::recall_credit).
     fn set_over(&self, over: bool) {
-        let _ = self.hot.token.fetch_update(AcqRel, Relaxed, |t| {
+        let _ = self.hot.token.fetch_update(Release, Relaxed, |t| {
             let is_over = t & token::OVER != 0;
             (t != token::UNREGISTERED && is_over != over)
                 .then(|| token::next_epoch(t) ^ token::OVER)
@@ -828,8 +828,13 @@ impl Core {
     }
 
     /// Advances the credit epoch: every thread returns its credit on its next call.
+    ///
+    /// Release pairs with the Acquire load in [`token`](Self::token) that `sync_entry`
+    /// makes: a thread that syncs to the new epoch also sees what was stored before it was
+    /// advanced (`set_limit`'s new limit), so it does not re-sync against the old limit.
+    /// Nothing is read through the old value: its load is Relaxed.
     pub(crate) fn recall_credit(&self) {
-        let _ = self.hot.token.fetch_update(AcqRel, Relaxed, |t| {
+        let _ = self.hot.token.fetch_update(Release, Relaxed, |t| {
             (t != token::UNREGISTERED).then(|| token::next_epoch(t))
         });
     }
@@ -841,6 +846,9 @@ impl Core {
         let id = registry::next_id();
         let slot = registry::claim(id, self.thread_cache_enabled());
         let fresh = token::make(id, slot.map_or(token::NO_SLOT, |s| s as u64));
+        // AcqRel / Acquire: the Release half pairs with `token`'s Acquire load (and the
+        // Acquire half with a racing registrar's Release), so a thread that uses the token's
+        // slot sees the slot claimed for its id (`registry::claim`) before it posts there.
         match self
             .hot
             .token
@@ -867,6 +875,7 @@ impl Core {
     }
 
     /// The instance's token, registering it first if needed.
+    /// Acquire pairs with the Release of `register`, `recall_credit` and `set_over`.
     pub(crate) fn token(&self) -> u64 {
         match self.hot.token.load(Acquire) {
             token::UNREGISTERED => self.register(),
@@ -1263,7 +1272,8 @@ impl Core {
     /// which comes back through this allocator).
     pub(crate) fn leave(&self, index: usize, release: impl FnMut(*const ReservationState)) {
         let mut removed = [core::ptr::null(); thread_cache::MAX_ENTERED];
-        let id = token::id(self.hot.token.load(Acquire));
+        // Relaxed: only the id, fixed since this thread entered (registered) the instance.
+        let id = token::id(self.hot.token.load(Relaxed));
         let (n, innermost) = thread_cache::with_enter_stack(|s| {
             let n = s.kill(index, &mut removed);
             (n, s.innermost(id))
@@ -1402,7 +1412,9 @@ impl Core {
     }
 
     pub(crate) fn reset_peak(&self) {
-        let gen = self.cold.peak_gen.fetch_add(1, AcqRel) + 1;
+        // Relaxed: the generation publishes nothing; every reader compares it Relaxed, and
+        // the posters' comparison with the slot's copy is ordered by the pin's SeqCst fences.
+        let gen = self.cold.peak_gen.fetch_add(1, Relaxed) + 1;
         // Peaks that exiting threads posted (or are posting) from earlier windows are
         // discarded, and later posts of them refused, before the peak restarts here.
         let t = self.token();

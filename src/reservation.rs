@@ -106,6 +106,8 @@ impl ReservationState {
     /// references, which it must not use afterwards.
     unsafe fn release(ptr: NonNull<Self>) {
         // SAFETY: the caller owns a reference, so the state is alive here.
+        // Arc's pattern: each drop's Release pairs with the last one's Acquire fence, so
+        // every use of the state happens before it is freed.
         if unsafe { ptr.as_ref() }.refs.fetch_sub(1, Release) != 1 {
             return;
         }
@@ -139,9 +141,11 @@ impl ReservationState {
         if self.closed.load(Relaxed) {
             return false;
         }
+        // Relaxed: `held` is a byte count that publishes nothing; its read-modify-writes
+        // are totally ordered, so no byte is taken twice. (The drop's handshake is in `give`.)
         let taken = self
             .held
-            .fetch_update(AcqRel, Acquire, |h| (h >= size).then(|| h - size))
+            .fetch_update(Relaxed, Relaxed, |h| (h >= size).then(|| h - size))
             .is_ok();
         if taken {
             self.note_growth(size);
@@ -158,9 +162,10 @@ impl ReservationState {
     /// Takes back up to `size` freed bytes as headroom; returns how many it took (the rest
     /// goes back to the shared budget).
     pub(crate) fn give(&self, size: usize) -> usize {
+        // Relaxed: a byte count, like `held` in `take`.
         let before = self
             .used
-            .fetch_update(AcqRel, Acquire, |u| Some(u - u.min(size)))
+            .fetch_update(Relaxed, Relaxed, |u| Some(u - u.min(size)))
             .unwrap_or(0);
         let back = before.min(size);
         if back == 0 {
@@ -173,7 +178,8 @@ impl ReservationState {
         // returned to the caller), or the drop's take comes after this addition and
         // releases the bytes with the rest. Each giver takes out at most what it added, so
         // after the drop and every racing give, `held` is 0: nothing stays charged.
-        // (loom checks SeqCst as AcqRel; this argument is what covers the store-load.)
+        // (No loom model covers this one, and loom would check SeqCst as AcqRel: this
+        // argument is what covers the store-load.)
         self.held.fetch_add(back, SeqCst);
         if !self.closed.load(SeqCst) {
             return back;
@@ -211,8 +217,9 @@ impl ReservationState {
         self.held()
     }
 
+    /// Relaxed: a reading for stats and refusal lines, which orders nothing.
     fn held(&self) -> usize {
-        self.held.load(Acquire)
+        self.held.load(Relaxed)
     }
 }
 
@@ -403,7 +410,8 @@ impl<'a, A> Reservation<'a, A> {
     /// Adds bytes already charged to the budget to this reservation's headroom.
     fn add_headroom(&self, bytes: usize) {
         // A live reservation (this guard is borrowed) is never closed.
-        self.state().held.fetch_add(bytes, AcqRel);
+        // Relaxed: a byte count (see `take`).
+        self.state().held.fetch_add(bytes, Relaxed);
         self.owner.core().add_reserved(bytes);
     }
 
@@ -420,7 +428,7 @@ impl<'a, A> Reservation<'a, A> {
         let before = self
             .state()
             .held
-            .fetch_update(AcqRel, Acquire, |h| Some(h - h.min(bytes)))
+            .fetch_update(Relaxed, Relaxed, |h| Some(h - h.min(bytes))) // a byte count
             .unwrap_or(0);
         let given = before.min(bytes);
         let core = self.owner.core();
