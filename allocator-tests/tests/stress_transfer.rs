@@ -9,7 +9,7 @@
 //! Only fallible allocation inside the rounds (raw `alloc` with a null check): an
 //! infallible one refused under the limit would abort the binary.
 
-use allocator_tests::{prepare_backtraces, Counts};
+use allocator_tests::{prepare_backtraces, xorshift, Counts};
 use limited_allocator::LimitedAllocator;
 use std::alloc::{Layout, System};
 use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering::Relaxed};
@@ -84,15 +84,7 @@ fn words_of(p: *mut u64) -> usize {
 /// One thread's round: allocations, random frees and transfers, then everything local
 /// freed. Allocates nothing infallibly: its blocks live in an array on the stack.
 fn work(seed: u64) {
-    let mut next = {
-        let mut s = seed | 1;
-        move || {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            s
-        }
-    };
+    let mut next = xorshift(seed);
     let mut local: [*mut u64; LOCAL] = [std::ptr::null_mut(); LOCAL];
     for _ in 0..STEPS {
         let r = next();
@@ -115,7 +107,7 @@ fn work(seed: u64) {
             }
             // Allocate one (replacing what was there): power-of-two sizes, rarely large.
             _ => {
-                let words = if r % 97 == 0 {
+                let words = if r.is_multiple_of(97) {
                     1 << 16 // 512 KiB: past the credit batch, the direct path
                 } else {
                     2 << ((r >> 40) % 9) // 16 B .. 4 KiB

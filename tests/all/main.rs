@@ -20,5 +20,6 @@ mod inner_allocator;
 mod large_blocks;
 mod leak_corpus;
 mod model;
+mod overdraft;
 mod standalone;
 mod tower_layer;

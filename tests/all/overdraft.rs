@@ -7,8 +7,7 @@ use limited_allocator::{LimitedAllocator, Overflow};
 use std::cell::Cell;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 
-mod common;
-use common::*;
+use crate::common::*;
 
 /// Allocates `size` bytes from `a` when dropped, recording the block.
 struct AllocatesOnDrop<'a> {
