@@ -146,6 +146,7 @@ impl<F> EnteredFuture<F> {
 
     /// Holds `reservation` (see [`new`](Self::new)), then makes the future with it entered
     /// (a service's `call`, which may allocate the future's state).
+    #[cfg_attr(not(feature = "tower"), allow(dead_code))] // only the tower layer starts one
     pub(crate) fn start<A>(reservation: &Reservation<'_, A>, make: impl FnOnce() -> F) -> Self {
         reservation.hold();
         let (future, _) = entered(reservation, make);
