@@ -769,11 +769,12 @@ impl Core {
     /// A request larger than the whole allowance could never have been served, however
     /// little was lent: it is refused as at any limit (null), not aborted, so a fallible
     /// request made while unwinding (a destructor's `try_reserve(64 MiB)`) gets its `Err`.
-    /// An infallible one ends in `handle_alloc_error` as it would without a panic.
+    /// An infallible one ends in `handle_alloc_error` as it would without a panic. With the
+    /// overdraft off (0) every request keeps the abort with the line, as documented there.
     fn overdraw(&self, size: usize, op: Op) -> bool {
         let limit = self.limit();
         let o = &self.cold.overdraft;
-        if size > o.allowance() {
+        if size > o.allowance() && o.allowance() != 0 {
             self.refuse(size, true);
             return false;
         }
