@@ -29,6 +29,7 @@
 //! reads as usage until they return it; a thread's exit returns it through the [`registry`]
 //! mailbox.
 
+use crate::credit_pool::{self, CreditPool};
 use crate::overdraft::{self, Overdraft, OverdraftCounts};
 use crate::registry::{self, Post, CACHED_SLOTS, SLOTS};
 use crate::report::Refused;
@@ -174,7 +175,7 @@ pub(crate) struct Core {
     /// whenever a hold grows (see [`Core::grow_hold`]). Each entry's credit is at most its
     /// hold between calls, so this bounds all credit together. Written only when a hold
     /// changes (near the limit, or when the pool is short), never on the fast path.
-    credit_out: CachePadded<AtomicUsize>,
+    credit_out: CachePadded<CreditPool>,
     cold: CachePadded<Cold>,
 }
 
@@ -204,7 +205,7 @@ impl Core {
                 thresholds: AtomicU64::new(crate::PressureThresholds::DEFAULT_BITS),
             }),
             charged: CachePadded::new(AtomicUsize::new(0)),
-            credit_out: CachePadded::new(AtomicUsize::new(0)),
+            credit_out: CachePadded::new(CreditPool::new()),
             cold: CachePadded::new(Cold {
                 peak: AtomicUsize::new(0),
                 peak_gen: AtomicUsize::new(0),
@@ -240,6 +241,7 @@ impl Core {
             // Credit carved under the old limit may now be more than fits: recall it, and
             // threads park if usage is over the new limit.
             self.recall_credit();
+            self.recall_if_over(self.charged.load(Relaxed));
         } else if limit > old && self.charged.load(Relaxed) <= limit {
             // Parked threads may take credit again.
             self.recall_credit();
@@ -643,29 +645,14 @@ impl Core {
     /// mailbox once if they do not.
     #[inline]
     fn take_from_budget(&self, need: usize, batch_cap: usize) -> Result<(usize, usize), ()> {
-        let mut retried = false;
-        let mut current = self.charged.load(Relaxed);
-        loop {
-            let headroom = self.limit().saturating_sub(current);
-            if need > headroom {
-                if !retried && self.absorb() {
-                    retried = true;
-                    current = self.charged.load(Relaxed);
-                    continue;
-                }
-                return Err(());
-            }
-            let extra = ((headroom - need) / HEADROOM_SHARE)
-                .min(MAX_BATCH)
-                .min(batch_cap);
-            let take = need + extra;
-            match self
-                .charged
-                .compare_exchange_weak(current, current + take, Relaxed, Relaxed)
-            {
-                Ok(_) => return Ok((take, current + take)),
-                Err(now) => current = now,
-            }
+        let carve = || {
+            let limit = self.limit();
+            credit_pool::carve(&self.charged, limit, need, HEADROOM_SHARE, MAX_BATCH.min(batch_cap))
+        };
+        match carve() {
+            Some(taken) => Ok(taken),
+            None if self.absorb() => carve().ok_or(()),
+            None => Err(()),
         }
     }
 
@@ -715,8 +702,19 @@ impl Core {
     /// threads park (see `sync_entry`).
     fn recall_if_over(&self, after: usize) {
         if after > self.limit() {
-            self.recall_credit();
+            self.set_over(true);
         }
+    }
+
+    /// Sets or clears the token's `OVER` state (advancing the epoch with it, so every entry
+    /// re-syncs); nothing if it is set that way already or the instance is unregistered.
+    /// AcqRel as in [`recall_credit`](Self::recall_credit).
+    fn set_over(&self, over: bool) {
+        let _ = self.hot.token.fetch_update(AcqRel, Relaxed, |t| {
+            let is_over = t & token::OVER != 0;
+            (t != token::UNREGISTERED && is_over != over)
+                .then(|| token::next_epoch(t) ^ token::OVER)
+        });
     }
 
     /// Gives bytes back to the budget (reservation headroom, claims).
@@ -880,6 +878,15 @@ impl Core {
             return Some(e);
         }
         self.absorb();
+        // The token's OVER state follows what this slow path sees (whoever sees the change
+        // first flips it), so that entries synced on the other side never match.
+        let over = self.charged.load(Relaxed) > self.limit();
+        let current = if over != (current & token::OVER != 0) {
+            self.set_over(over);
+            self.token()
+        } else {
+            current
+        };
         if held & !token::FLAGS != current {
             if held != 0 && token::id(held) == token::id(current) {
                 // Our own credit from an earlier epoch: hand it back, keep counts and entering.
@@ -936,7 +943,7 @@ impl Core {
         // A pool over its bound (the limit was lowered since its holds were taken): every
         // thread that passes here gives back what it can towards the bound, so the busy
         // threads bring all credit back under the new bound on their next slow path.
-        let (out, bound) = (self.credit_out.load(Relaxed), self.limit() / CREDIT_SHARE);
+        let (out, bound) = (self.credit_out.load(), self.limit() / CREDIT_SHARE);
         if out > bound {
             want = want.min(old.saturating_sub(out - bound));
         }
@@ -944,7 +951,7 @@ impl Core {
         if want < old {
             e.set_hold(want);
             // After the entry stopped holding it: the pool counts every hold in full.
-            self.credit_out.fetch_sub(old - want, Relaxed);
+            self.credit_out.give(old - want);
         } else if want > old {
             let got = self.grow_hold(want - old);
             if got > 0 {
@@ -955,29 +962,9 @@ impl Core {
 
     /// Takes up to `more` bytes (whole units) of hold from the pool, without ever taking it
     /// past `limit / CREDIT_SHARE`; returns how many were taken.
-    ///
-    /// Relaxed: the pool is a bound, not a channel; nothing is read on the strength of
-    /// having taken from it. Every hold is added here before an entry may use it and
-    /// subtracted only after the entry stopped using it (each thread's changes in program
-    /// order, the counter's changes in one modification order), so its value is at least
-    /// the sum of the holds in use at every moment.
     fn grow_hold(&self, more: usize) -> usize {
-        let unit = thread_cache::HOLD_UNIT;
         let bound = self.limit() / CREDIT_SHARE;
-        let mut out = self.credit_out.load(Relaxed);
-        loop {
-            let got = more.min(bound.saturating_sub(out)) / unit * unit;
-            if got == 0 {
-                return 0;
-            }
-            match self
-                .credit_out
-                .compare_exchange_weak(out, out + got, Relaxed, Relaxed)
-            {
-                Ok(_) => return got,
-                Err(now) => out = now,
-            }
-        }
+        self.credit_out.take(bound, more, thread_cache::HOLD_UNIT)
     }
 
     /// Gives the entry's whole hold back to the pool (its credit must be 0 already): a
@@ -986,7 +973,7 @@ impl Core {
         let old = e.hold();
         if old > 0 {
             e.set_hold(0);
-            self.credit_out.fetch_sub(old, Relaxed);
+            self.credit_out.give(old);
         }
     }
 
@@ -1143,7 +1130,7 @@ impl Core {
         }
         if post.hold > 0 {
             // An exited thread's holds: its credit came back above, with `returned`.
-            self.credit_out.fetch_sub(post.hold, Relaxed);
+            self.credit_out.give(post.hold);
         }
         self.cold.allocs.fetch_add(post.allocs, Relaxed);
         self.cold.deallocs.fetch_add(post.deallocs, Relaxed);

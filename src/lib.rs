@@ -5,6 +5,18 @@
 #![deny(missing_docs)]
 #![warn(unsafe_op_in_unsafe_fn, unreachable_pub, missing_debug_implementations)]
 
+// The concurrency protocols, written against the `sync` shim: all that a loom build
+// (`--cfg loom`, the model checks of `.ci/run`) compiles.
+mod credit_pool;
+mod pin;
+mod sync;
+
+/// Leaves everything but the protocols out of a loom build.
+macro_rules! not_in_loom_builds {
+    ($($item:item)*) => { $( #[cfg(not(loom))] $item )* };
+}
+
+not_in_loom_builds! {
 // The budget's core: private, its public shells re-exported below.
 mod accounting;
 mod allocator;
@@ -48,6 +60,7 @@ pub use reservation::{EnterError, EnterGuard, Overflow, Reservation};
 pub use scope::Scoped;
 pub use stats::AllocatorStats;
 pub use units::ByteSize;
+}
 
 // The guides' code blocks are compiled and run as doctests too (never documented: the
 // guides are linked from the crate doc, not part of it). docs/services.md is not among

@@ -8,16 +8,16 @@
 //! in static memory keyed by the instance's unique id, and the instance absorbs them on its
 //! next slow-path call or read. A post for an instance that has died is discarded.
 //!
-//! Safety of posting against a concurrent drop is a two-sided handshake: a poster pins the
-//! slot, then checks the owner; the dropping instance marks the slot dead, then waits until
-//! no pins remain. With sequentially consistent ordering on both sides, either the poster
-//! sees the slot dead, or the instance sees the pin and waits. The wait backs off
+//! Safety of posting against a concurrent drop is a two-sided handshake ([`Pin`], with its
+//! loom models): a poster pins the slot, then checks the owner; the dropping instance marks
+//! the slot dead, then waits until no pins remain. With SeqCst fences on both sides, either
+//! the poster sees the slot dead, or the instance sees the pin and waits. The wait backs off
 //! (`crossbeam_utils::Backoff`, spinning then yielding), and a pin can never be left behind
 //! by a thread that no longer exists: after `fork()` the child clears the pins the parent's
 //! other threads held (see `after_fork_in_child`), so a child can drop instances.
 
+use crate::pin::{Pin, DYING, FREE};
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use crossbeam_utils::Backoff;
 
 /// Slots in the table (one less than the token's 10-bit slot field can name: the last value
 /// means "no slot"). The first [`CACHED_SLOTS`] also index the per-thread credit caches.
@@ -26,13 +26,10 @@ pub(crate) const SLOTS: usize = 1023;
 /// only: their instances use exact per-call accounting.
 pub(crate) const CACHED_SLOTS: usize = 64;
 
-const FREE: u64 = 0;
-const DYING: u64 = u64::MAX;
 
 /// One slot of the table: who owns it and what has been posted for it.
 pub(crate) struct Slot {
-    owner: AtomicU64,
-    pins: AtomicUsize,
+    pin: Pin,
     dirty: AtomicBool,
     returned: AtomicUsize,
     added: AtomicUsize,
@@ -51,8 +48,7 @@ pub(crate) struct Slot {
 impl Slot {
     const fn new() -> Self {
         Self {
-            owner: AtomicU64::new(FREE),
-            pins: AtomicUsize::new(0),
+            pin: Pin::new(),
             dirty: AtomicBool::new(false),
             returned: AtomicUsize::new(0),
             added: AtomicUsize::new(0),
@@ -108,56 +104,35 @@ pub(crate) fn claim(id: u64, want_cache: bool) -> Option<usize> {
     } else {
         (CACHED_SLOTS..SLOTS, 0..CACHED_SLOTS)
     };
-    // Look before swapping: a failed compare-exchange still takes the cache line.
-    first.chain(second).find(|&i| {
-        let owner = &TABLE[i].owner;
-        owner.load(Ordering::Relaxed) == FREE
-            && owner
-                .compare_exchange(FREE, id, Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok()
-    })
+    first.chain(second).find(|&i| TABLE[i].pin.claim(id))
 }
 
 /// Gives slot `index` back; waits for posters that are mid-post to finish. Whatever was
 /// posted and not absorbed is discarded with the instance.
 pub(crate) fn release(index: usize, id: u64) {
     let slot = &TABLE[index];
-    if slot.owner.load(Ordering::SeqCst) != id {
-        return;
-    }
-    slot.owner.store(DYING, Ordering::SeqCst);
-    wait_unpinned(slot);
-    let _ = take_all(slot);
-    slot.peak_gen.store(0, Ordering::Relaxed);
-    // Release: pairs with `claim`'s Acquire, so the next owner sees the slot emptied.
-    slot.owner.store(FREE, Ordering::Release);
-}
-
-/// Waits until no poster pins `slot`. A pin lasts one post (a few dozen instructions, no
-/// blocking), so the wait is short: it spins, then yields to let a preempted poster run.
-/// SeqCst for the handshake of the module docs.
-fn wait_unpinned(slot: &Slot) {
-    let backoff = Backoff::new();
-    while slot.pins.load(Ordering::SeqCst) != 0 {
-        backoff.snooze();
-    }
+    slot.pin.release(id, || {
+        let _ = take_all(slot);
+        slot.peak_gen.store(0, Ordering::Relaxed);
+    });
 }
 
 /// Starts peak generation `gen` for the owner `id` of slot `index`: a peak posted from now
 /// on counts only if it is of `gen`, and what was posted before is discarded. Waits out the
 /// posters that pinned the slot before the new generation was visible to them.
 ///
-/// The same handshake as [`release`]: a poster pins (SeqCst), then loads the generation
-/// (SeqCst); here the generation is stored (SeqCst), then the pins are waited out, then the
-/// peak is cleared. Either the poster's load sees the new generation (and drops an old
-/// peak), or its pin is seen here and the clear comes after its post.
+/// The same handshake as [`release`] ([`Pin`]): a poster pins, fences, then loads the
+/// generation; here the generation is stored, then fenced, then the pins are waited out,
+/// then the peak is cleared. Either the poster's load sees the new generation (and drops an
+/// old peak), or its pin is seen here and the clear comes after its post.
 pub(crate) fn reset_peak(index: usize, id: u64, gen: usize) {
     let Some(slot) = TABLE.get(index) else { return };
-    if slot.owner.load(Ordering::SeqCst) != id {
+    if !slot.pin.is_owned_by(id) {
         return;
     }
-    slot.peak_gen.store(gen, Ordering::SeqCst);
-    wait_unpinned(slot);
+    // Relaxed: ordered before the posters' loads by `fence_and_wait`'s SeqCst fence.
+    slot.peak_gen.store(gen, Ordering::Relaxed);
+    slot.pin.fence_and_wait();
     slot.peak.store(0, Ordering::Relaxed);
 }
 
@@ -168,8 +143,7 @@ pub(crate) fn post(index: usize, id: u64, post: Post) {
         return;
     }
     let Some(slot) = TABLE.get(index) else { return };
-    slot.pins.fetch_add(1, Ordering::SeqCst);
-    if slot.owner.load(Ordering::SeqCst) == id {
+    slot.pin.with_pinned(id, || {
         let add = |a: &AtomicUsize, v: usize| {
             if v != 0 {
                 a.fetch_add(v, Ordering::Relaxed);
@@ -185,15 +159,15 @@ pub(crate) fn post(index: usize, id: u64, post: Post) {
         add64(&slot.allocs, post.allocs);
         add64(&slot.deallocs, post.deallocs);
         add64(&slot.reallocs, post.reallocs);
-        if post.peak != 0 && slot.peak_gen.load(Ordering::SeqCst) == post.peak_gen {
+        // Relaxed: after the pin's SeqCst fence, as `reset_peak` requires.
+        if post.peak != 0 && slot.peak_gen.load(Ordering::Relaxed) == post.peak_gen {
             slot.peak.fetch_max(post.peak, Ordering::Relaxed);
         }
         add(&slot.hold, post.hold);
         add(&slot.claimed, post.claimed);
         add(&slot.unclaimed, post.unclaimed);
         slot.dirty.store(true, Ordering::Release);
-    }
-    slot.pins.fetch_sub(1, Ordering::Release);
+    });
 }
 
 /// Never set: the flag an instance polls before it owns a slot (and when the table was
@@ -289,7 +263,7 @@ fn clear_pins_after_fork() {
 #[cfg(unix)]
 extern "C" fn after_fork_in_child() {
     for slot in &TABLE {
-        slot.pins.store(0, Ordering::Relaxed);
+        slot.pin.clear_pins();
     }
 }
 

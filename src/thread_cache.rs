@@ -5,8 +5,8 @@
 //! its slot:
 //!
 //! ```text
-//!  63       62      61 ............. 24  23 ...... 10  9 ..... 0
-//! [ENTERED][PARKED][ instance id (38 b) ][ epoch (14) ][ slot (10) ]
+//!  63       62      61 ............. 24  23    22 ...... 10  9 ..... 0
+//! [ENTERED][PARKED][ instance id (38 b) ][OVER][ epoch (13) ][ slot (10) ]
 //! ```
 //!
 //! The allocator's fast path loads the instance's token and its entry's offset ([`EntryAt`]),
@@ -39,7 +39,15 @@ pub(crate) mod token {
     /// The slot value of an instance without a slot (or not yet registered).
     pub(crate) const NO_SLOT: u64 = SLOT_MASK;
     pub(crate) const EPOCH_SHIFT: u32 = 10;
-    pub(crate) const EPOCH_MASK: u64 = 0x3fff << EPOCH_SHIFT;
+    pub(crate) const EPOCH_MASK: u64 = 0x1fff << EPOCH_SHIFT;
+    /// Set on the instance's token while it is over its limit (a lowered limit, an
+    /// overfilled pool). A state, not a count: an entry synced while under the limit never
+    /// carries it, so it cannot match the token while the instance is over, however often
+    /// the epoch wraps meanwhile (a thread idle through 8192 recalls then finds its old
+    /// token again only once the instance is back under its limit, where its credit, still
+    /// charged and within the pool's bound, is safe to spend). Entries synced while over are
+    /// PARKED, and never match either.
+    pub(crate) const OVER: u64 = 1 << 23;
     pub(crate) const ID_SHIFT: u32 = 24;
     pub(crate) const ID_MASK: u64 = ((1 << 38) - 1) << ID_SHIFT;
     /// Set on an entry (never on an instance's token) while a reservation is entered.
@@ -64,7 +72,7 @@ pub(crate) mod token {
         ((id << ID_SHIFT) & ID_MASK) | (slot & SLOT_MASK)
     }
 
-    /// The same token with the epoch advanced (wrapping within its 14 bits).
+    /// The same token with the epoch advanced (wrapping within its 13 bits).
     pub(crate) const fn next_epoch(token: u64) -> u64 {
         let epoch = (token & EPOCH_MASK).wrapping_add(1 << EPOCH_SHIFT) & EPOCH_MASK;
         (token & !EPOCH_MASK) | epoch
@@ -691,7 +699,7 @@ mod tests {
         assert_ne!(n, t);
         assert_eq!((token::id(n), token::slot(n)), (12345, 7));
         let mut wrapped = t;
-        for _ in 0..(1 << 14) {
+        for _ in 0..(1 << 13) {
             wrapped = token::next_epoch(wrapped);
         }
         assert_eq!(wrapped, t, "epoch wraps without touching the id");

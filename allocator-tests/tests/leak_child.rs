@@ -107,20 +107,24 @@ fn a_never_evicted_cache_is_flagged_and_an_evicting_one_is_not() {
     }
     let (n, stdout) = leaks("leak");
     let allocated: Vec<&str> = stdout.split("EVENT AllocatedBytes").skip(1).collect();
-    // One episode: the allocator's bytes grow all along. (RSS may stop and start again
-    // while the cache refills heap pages the batches freed: episodes of its own.)
-    assert_eq!(allocated.len(), 1, "the leak in allocated bytes: {stdout}");
-    assert!(n >= 1);
-    // The slope in the event is the leak's, give or take the batches.
-    let rate = allocated[0]
-        .split(" rises ")
-        .nth(1)
-        .expect("the event's rate");
-    let slope: f64 = rate.split(' ').next().and_then(|r| r.parse().ok()).unwrap();
+    // The allocator's bytes grow all along: one episode, unless the machine stalls the
+    // child long enough for the floor to flatten (the detector then re-arms, and the
+    // growth that resumes is a new episode: seen once on a loaded 2-core machine). RSS
+    // may stop and start again while the cache refills heap pages the batches freed.
     assert!(
-        rate.contains("MiB/s") && (1.0..4.0).contains(&slope),
-        "{rate}: {stdout}"
+        (1..=2).contains(&allocated.len()),
+        "the leak in allocated bytes: {stdout}"
     );
+    assert!(n >= 1);
+    // The slope in each event is the leak's, give or take the batches.
+    for event in &allocated {
+        let rate = event.split(" rises ").nth(1).expect("the event's rate");
+        let slope: f64 = rate.split(' ').next().and_then(|r| r.parse().ok()).unwrap();
+        assert!(
+            rate.contains("MiB/s") && (1.0..4.0).contains(&slope),
+            "{rate}: {stdout}"
+        );
+    }
 
     let (n, stdout) = leaks("healthy");
     assert_eq!(n, 0, "the evicting cache was flagged: {stdout}");

@@ -478,3 +478,35 @@ fn an_exiting_thread_brings_back_no_peak_from_before_a_reset() {
         a.peak_bytes()
     );
 }
+
+/// A thread that took credit, then sat idle through thousands of recalls while the limit
+/// was lowered below usage, does not spend its stale credit when it wakes: the epoch came
+/// round (16 384 refusals wrapped the old 14-bit one back to the thread's token), but the
+/// instance's token carries its over-the-limit state, which the thread's entry does not.
+#[test]
+fn an_idle_thread_spends_no_stale_credit_over_the_limit() {
+    let a = quiet(64 << 20);
+    let (ready, wait_ready) = mpsc::channel::<()>();
+    let (go, wait_go) = mpsc::channel::<()>();
+    std::thread::scope(|s| {
+        let a = &a;
+        let idle = s.spawn(move || {
+            let p = alloc(a, 1000).unwrap(); // takes a batch of credit
+            ready.send(()).unwrap();
+            wait_go.recv().unwrap();
+            let granted = alloc(a, 100);
+            free(a, p, 1000);
+            granted.map(|q| free(a, q, 100)).is_some()
+        });
+        wait_ready.recv().unwrap();
+        a.set_limit(500); // below what is charged (1000 live and the batch)
+        for _ in 0..16383 {
+            assert!(alloc(a, 1 << 20).is_none());
+        }
+        go.send(()).unwrap();
+        let granted = idle.join().unwrap();
+        assert!(!granted, "stale credit was spent over the limit");
+    });
+    a.set_limit(64 << 20);
+    assert_eq!(a.allocated_bytes(), 0);
+}
