@@ -21,8 +21,8 @@
 //! aborts the process. Per-request reservations bound what admitted requests take, but the
 //! runtime needs room of its own beside them; shedding at [`PressureLevel::High`] (80 % of
 //! the limit by default) leaves a fifth of the budget to it. Measured under a 64 MiB limit
-//! with 64 connections (`docs/services.md`): without the layer the server aborted in 3 runs
-//! of 3; the server's own memory under the burst was 2.5-2.9 MiB, plus up to one request
+//! with 64 connections (`docs/services.md`): without the layer the server aborted in 5 runs
+//! of 6; the server's own memory under the burst was 2.5-2.9 MiB, plus up to one request
 //! per worker thread being admitted at once, about 7 MiB in all: more than Critical's
 //! 3.2 MiB, well within High's 12.8 MiB. The guarantee holds for requests that cannot
 //! grow past their reservation ([`Overflow::Refuse`]); under [`Overflow::Grow`] (the
