@@ -63,7 +63,8 @@ pub use units::ByteSize;
 }
 
 // The guides' code blocks are compiled and run as doctests too (never documented: the
-// guides are linked from the crate doc, not part of it).
+// guides are linked from the crate doc, not part of it). docs/services.md is not among
+// them: its blocks are fragments of a hyper service.
 #[cfg(doctest)]
 mod guides {
     #[doc = include_str!("../docs/arrow.md")]
