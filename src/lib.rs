@@ -39,6 +39,8 @@ mod arrow_pool;
 mod cgroup;
 mod chunking;
 mod config;
+#[cfg(feature = "datafusion")]
+pub mod datafusion;
 mod error;
 mod leak;
 mod metrics;

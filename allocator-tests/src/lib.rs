@@ -70,6 +70,66 @@ pub fn run_child(test: &str, role: &str, set: &[(&str, &str)], unset: &[&str]) -
     }
 }
 
+/// [`run_child`] with a deadline: a child still running after `timeout` is killed
+/// (SIGKILL) and reported as such, so a hang fails the test instead of stalling CI.
+pub fn run_child_with_timeout(
+    test: &str,
+    role: &str,
+    set: &[(&str, &str)],
+    timeout: std::time::Duration,
+) -> ChildOutput {
+    use std::io::Read;
+    use std::process::Stdio;
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let mut cmd = Command::new(exe);
+    cmd.args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env(ROLE_VAR, role)
+        .env("RUST_BACKTRACE", "0")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in set {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("the child process starts");
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut text = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut text);
+            }
+            String::from_utf8_lossy(&text).into_owned()
+        })
+    };
+    let out = drain(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let err = drain(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("waiting for the child") {
+            break status;
+        }
+        if started.elapsed() > timeout {
+            let _ = child.kill();
+            break child.wait().expect("waiting for the killed child");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    ChildOutput {
+        status,
+        stdout: out.join().expect("stdout reader"),
+        stderr: err.join().expect("stderr reader"),
+    }
+}
+
 /// A snapshot of an allocator's counters, read on the calling thread (its own credit is
 /// not usage, so on a thread that works alone the byte count is exact).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
