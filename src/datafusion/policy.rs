@@ -40,9 +40,15 @@ pub(super) struct View {
 }
 
 impl View {
-    /// Real headroom the pool may hand out.
+    /// Real headroom the pool may hand out: the allocator's available bytes less the margin
+    /// and less what unspillable consumers have reserved. Those reservations are mostly not
+    /// real yet (a sort's pre-reserved merge memory, a join's build side counted over input
+    /// batches it shares and only copies when it concatenates them), so the headroom must
+    /// still hold them when they become real.
     pub fn usable(&self) -> usize {
-        self.available.saturating_sub(self.margin)
+        self.available
+            .saturating_sub(self.margin)
+            .saturating_sub(self.unspillable)
     }
 
     /// `bytes` times the copy factor, saturating.
@@ -51,17 +57,17 @@ impl View {
         usize::try_from(scaled).unwrap_or(usize::MAX)
     }
 
-    /// What the pool could hold in all: what it holds, plus what the usable headroom can
-    /// back with its copies.
+    /// What spillable consumers could hold in all: what they hold, plus what the usable
+    /// headroom can back with its copies.
     pub fn capacity(&self) -> usize {
         let backed = self.usable() as u128 * 100 / (100 + u128::from(self.copy_percent));
-        (self.spillable + self.unspillable).saturating_add(backed as usize)
+        self.spillable.saturating_add(backed as usize)
     }
 
-    /// A spillable consumer's share: the capacity less the unspillable reservations, split
-    /// evenly (as DataFusion's `FairSpillPool`).
+    /// A spillable consumer's share: the capacity split evenly (as DataFusion's
+    /// `FairSpillPool`).
     pub fn share(&self) -> usize {
-        self.capacity().saturating_sub(self.unspillable) / self.num_spill.max(1)
+        self.capacity() / self.num_spill.max(1)
     }
 }
 
@@ -76,12 +82,13 @@ pub(super) fn decide(ask: Ask, view: &View) -> Result<(), RefusalReason> {
             share: view.share(),
         });
     }
-    // The new bytes, plus the copy the consumer may make of all it will hold (a spill or an
-    // emit copies the whole reservation, not just the last growth).
+    // A spillable consumer: the new bytes, plus the copies it may make of all it will hold
+    // (a spill or an emit copies the whole state, not just the last growth). An unspillable
+    // one: the new bytes, which `usable` goes on holding back while it is reserved.
     let copies = if ask.can_spill {
         view.copies(after)
     } else {
-        view.copies(ask.requested)
+        0
     };
     let needed = ask.requested.saturating_add(copies);
     let usable = view.usable();

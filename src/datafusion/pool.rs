@@ -22,7 +22,7 @@ const MIN_MARGIN: usize = 4 << 20;
 /// ... and never more than this share of the limit, so a small limit keeps most of its room.
 const MAX_MARGIN_DIVISOR: usize = 4;
 /// The default copy factor, in percent of a consumer's reservation.
-const COPY_PERCENT: u32 = 100;
+const COPY_PERCENT: u32 = 200;
 
 /// A DataFusion [`MemoryPool`] whose limit is the allocator's hard limit: install it with
 /// `RuntimeEnvBuilder::with_memory_pool` and the allocator's limit is the only number to
@@ -349,7 +349,10 @@ impl<A: GlobalAlloc + Send + Sync> MemoryPool for DataFusionPool<A> {
     ) -> datafusion_common::Result<()> {
         let consumer = reservation.consumer();
         let mut state = self.lock();
-        let held = state.live(consumer).reserved;
+        // This reservation's bytes, not the consumer's total: an operator that splits its
+        // reservation (an aggregate's merge of spill files beside its own state) copies
+        // what each part holds, and FairSpillPool judges the same figure.
+        let held = reservation.size();
         let view = self.view(&state);
         let ask = Ask {
             requested: additional,
