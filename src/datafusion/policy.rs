@@ -85,11 +85,7 @@ pub(super) fn decide(ask: Ask, view: &View) -> Result<(), RefusalReason> {
     // A spillable consumer: the new bytes, plus the copies it may make of all it will hold
     // (a spill or an emit copies the whole state, not just the last growth). An unspillable
     // one: the new bytes, which `usable` goes on holding back while it is reserved.
-    let copies = if ask.can_spill {
-        view.copies(after)
-    } else {
-        0
-    };
+    let copies = if ask.can_spill { view.copies(after) } else { 0 };
     let needed = ask.requested.saturating_add(copies);
     let usable = view.usable();
     if needed > usable {
