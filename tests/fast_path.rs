@@ -111,7 +111,10 @@ fn two_instances_on_one_thread_do_not_mix_credit() {
         free(&b, p, s);
     }
     assert_eq!(b.allocated_bytes(), 0);
-    assert_eq!(a.allocated_bytes(), live_a.iter().map(|&(_, s)| s).sum());
+    assert_eq!(
+        a.allocated_bytes(),
+        live_a.iter().map(|&(_, s)| s).sum::<usize>()
+    );
     for (p, s) in live_a.drain(..) {
         free(&a, p, s);
     }

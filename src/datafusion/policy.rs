@@ -146,7 +146,7 @@ mod tests {
         assert_eq!(
             decide(unspillable, &v),
             Err(RefusalReason::Headroom {
-                needed: 2,
+                needed: 1,
                 usable: 0
             })
         );
@@ -172,24 +172,28 @@ mod tests {
     }
 
     #[test]
-    fn unspillable_consumers_need_room_for_their_growth_and_its_copy() {
+    fn unspillable_reservations_are_held_back_from_the_headroom() {
+        // 50 MiB available, 10 margin, 30 reserved unspillable (not real yet): 10 usable.
         let v = View {
             unspillable: 30 * MIB,
             ..view(50 * MIB)
         };
+        assert_eq!(v.usable(), 10 * MIB);
         let ask = |requested| Ask {
             requested,
             held: 30 * MIB,
             can_spill: false,
         };
-        assert_eq!(decide(ask(20 * MIB), &v), Ok(()));
+        assert_eq!(decide(ask(10 * MIB), &v), Ok(()));
         assert_eq!(
-            decide(ask(20 * MIB + 1), &v),
+            decide(ask(10 * MIB + 1), &v),
             Err(RefusalReason::Headroom {
-                needed: 40 * MIB + 2,
-                usable: 40 * MIB
+                needed: 10 * MIB + 1,
+                usable: 10 * MIB
             })
         );
+        // And they shrink what spillable consumers may take: capacity 10 / 2.
+        assert_eq!(v.share(), 5 * MIB);
     }
 
     #[test]

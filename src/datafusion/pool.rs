@@ -455,3 +455,84 @@ impl<A: GlobalAlloc + Send + Sync> crate::BudgetSource for DataFusionPool<A> {
         Some(self.reserved())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::datafusion::RefusalReason;
+    use datafusion_execution::memory_pool::MemoryConsumer;
+    use std::sync::Arc;
+
+    const MIB: usize = 1 << 20;
+    // Not the global allocator: nothing is charged, so `available_bytes()` is the limit.
+    static BUDGET: LimitedAllocator = LimitedAllocator::new(System, 64 * MIB);
+
+    fn pool() -> (Arc<DataFusionPool>, Arc<dyn MemoryPool>) {
+        let pool = Arc::new(DataFusionPool::new(&BUDGET));
+        let dyn_pool: Arc<dyn MemoryPool> = pool.clone();
+        (pool, dyn_pool)
+    }
+
+    #[test]
+    fn the_limit_is_finite_so_datafusion_picks_its_spilling_paths() {
+        let (pool, _) = pool();
+        assert_eq!(pool.margin(), 4 * MIB);
+        assert!(matches!(pool.memory_limit(), MemoryLimit::Finite(n) if n == 60 * MIB));
+    }
+
+    #[test]
+    fn spillable_consumers_split_the_room_and_refusals_name_everything() {
+        let (pool, dyn_pool) = pool();
+        let a = MemoryConsumer::new("sorter[0]")
+            .with_can_spill(true)
+            .register(&dyn_pool);
+        let b = MemoryConsumer::new("sorter[1]")
+            .with_can_spill(true)
+            .register(&dyn_pool);
+        // 60 MiB usable (nothing is charged: not the global allocator), copies of 200%:
+        // capacity 0 + 60 / 3 = 20, a share 10 each; after `a` holds 10 the capacity is
+        // 10 + 20 = 30, a share 15.
+        a.try_grow(10 * MIB).unwrap();
+        let err = a.try_grow(6 * MIB).unwrap_err();
+        assert!(matches!(
+            err.find_root(),
+            datafusion_common::DataFusionError::ResourcesExhausted(_)
+        ));
+        let refusal = pool.last_refusal().unwrap();
+        assert_eq!(refusal.consumer, "sorter[0]");
+        assert_eq!((refusal.requested, refusal.held), (6 * MIB, 10 * MIB));
+        assert_eq!(refusal.pool_reserved, 10 * MIB);
+        assert_eq!(refusal.allocator_limit, 64 * MIB);
+        assert_eq!(refusal.margin, 4 * MIB);
+        assert_eq!(refusal.reason, RefusalReason::FairShare { share: 15 * MIB });
+        assert!(err.to_string().contains(&refusal.to_string()), "{err}");
+        // The other consumer still gets its share; after `a` is gone, `b` gets it all.
+        b.try_grow(MIB).unwrap();
+        drop(a);
+        b.try_grow(15 * MIB).unwrap();
+        let stats = pool.stats();
+        assert_eq!(
+            (stats.reserved, stats.consumers, stats.refusals),
+            (16 * MIB, 1, 1)
+        );
+        let a_stats = &stats.by_consumer[0];
+        assert_eq!(a_stats.name, "sorter[0]");
+        assert_eq!((a_stats.reserved, a_stats.peak_reserved), (0, 10 * MIB));
+        assert_eq!((a_stats.grants, a_stats.refusals), (1, 1));
+        assert_eq!(a_stats.refused_bytes, 6 * MIB as u64);
+    }
+
+    #[test]
+    fn grow_and_shrink_are_counted_even_past_the_limit() {
+        let (pool, dyn_pool) = pool();
+        let join = MemoryConsumer::new("join").register(&dyn_pool);
+        join.grow(100 * MIB); // infallible: counted, never refused
+        assert_eq!(pool.reserved(), 100 * MIB);
+        // Unspillable reservations are held back from the headroom: nothing is usable now.
+        assert!(join.try_grow(1).is_err());
+        join.shrink(100 * MIB);
+        assert_eq!(pool.reserved(), 0);
+        join.try_grow(MIB).unwrap();
+        assert_eq!(pool.stats().peak_reserved, 100 * MIB);
+    }
+}
