@@ -7,7 +7,9 @@
 //! ```
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
-use limited_allocator::{LimitedAllocator, MemoryMonitor, Sampler};
+use limited_allocator::monitor::MemoryMonitor;
+use limited_allocator::sampler::Sampler;
+use limited_allocator::LimitedAllocator;
 use std::sync::Arc;
 use std::time::Duration;
 

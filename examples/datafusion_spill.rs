@@ -15,8 +15,9 @@ use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::physical_plan::{execute_stream, ExecutionPlan};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use futures::StreamExt;
+use limited_allocator::config::parse_size;
 use limited_allocator::datafusion::DataFusionPool;
-use limited_allocator::{parse_size, ByteSize, LimitedAllocator};
+use limited_allocator::{ByteSize, LimitedAllocator};
 use std::sync::Arc;
 use std::time::Instant;
 

@@ -12,9 +12,9 @@
 //!    (allocated bytes, RSS and the limit over time, pressure levels as bands), recorded by
 //!    the background `MemoryMonitor`.
 
-use limited_allocator::{
-    limit_from_env, ByteSize, LimitedAllocator, MemoryMonitor, PressureLevel, Timeline,
-};
+use limited_allocator::monitor::MemoryMonitor;
+use limited_allocator::timeline::Timeline;
+use limited_allocator::{limit_from_env, ByteSize, LimitedAllocator, PressureLevel};
 use std::alloc::System;
 use std::time::Duration;
 

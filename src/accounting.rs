@@ -8,7 +8,10 @@
 //! Credit is taken in batches of at most [`MAX_BATCH`] and at most 1/[`HEADROOM_SHARE`] of
 //! the headroom left, so batches shrink to nothing (exact per-call accounting) as the budget
 //! fills. A thread keeps at most [`HOLD_MAX`], and at most 1/[`HOLD_SHARE`] of the headroom,
-//! of freed bytes as credit; past that it hands back all but half the allowance. When a
+//! of freed bytes as credit; past that it hands back all but half the allowance. Every hold
+//! comes from one pool per instance capped at `limit / CREDIT_SHARE`, and a thread's credit
+//! never passes its hold between calls, so all credit together is bounded whatever the
+//! number of threads (see [`CREDIT_SHARE`]). When a
 //! request is refused, the instance's credit epoch is advanced, which makes every thread
 //! hand its credit back on its next call.
 //!
@@ -22,10 +25,13 @@
 //!
 //! What "exact" means here: read on one thread, `allocated_bytes()` is `charged` minus that
 //! thread's own credit, which is exactly the live bytes when no other thread holds credit.
-//! Credit held by other live threads (at most `HOLD_MAX` each) reads as usage until they
-//! return it; a thread's exit returns it through the [`registry`] mailbox.
+//! Credit held by other live threads (at most `HOLD_MAX` each, `limit / CREDIT_SHARE` in all)
+//! reads as usage until they return it; a thread's exit returns it through the [`registry`]
+//! mailbox.
 
+use crate::overdraft::{self, Overdraft, OverdraftCounts};
 use crate::registry::{self, Post, CACHED_SLOTS, SLOTS};
+use crate::report::Refused;
 use crate::reservation::ReservationState;
 use crate::thread_cache::{self, token, unusual, Entry, EntryAt, Op, Spent, ThreadCache};
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicU8, AtomicUsize, Ordering::*};
@@ -45,6 +51,17 @@ pub(crate) const HOLD_SHARE: usize = 8;
 /// refill for such a block would be mostly the block itself, and a refund would be mostly
 /// handed back at once, so going through the credit only costs instructions.
 pub(crate) const DIRECT_MIN: usize = MAX_BATCH;
+/// All threads' credit together is at most 1/N of the limit: the bound `B` of
+/// `docs/design.md`. Each thread's credit is at most its hold, and every hold is taken from
+/// one pool per instance (`Core::credit_out`) that never passes `limit / CREDIT_SHARE`, so
+/// however many threads hold credit (busy, idle or parked for ever), they withhold at most
+/// `B` bytes together. 1/16: small enough that a program can reserve 15/16 of its budget
+/// with nothing live (a 64 MiB budget withholds at most 4 MiB), large enough that 8
+/// threads get a full [`HOLD_MAX`] on a budget of 64 MiB (see [`THREAD_SHARE`]).
+pub(crate) const CREDIT_SHARE: usize = 16;
+/// One thread's hold is at most 1/N of the pool `limit / CREDIT_SHARE`, so at least N
+/// threads get credit before the pool runs dry (more when holds shrink with the headroom).
+pub(crate) const THREAD_SHARE: usize = 8;
 
 /// This thread's entry for the instance whose token is `token`, if it holds one of any
 /// epoch (what [`Core::own_entry`] finds).
@@ -128,8 +145,10 @@ struct Cold {
     inner_failures: AtomicU64,
     reserved: AtomicUsize,
     claimed: AtomicUsize,
-    /// The Arrow pool role (see `arrow_pool`): 0 undecided, else a `PoolRole` code.
+    /// The Arrow pool role (see `arrow`): 0 undecided, else a `PoolRole` code.
     pool_role: AtomicU8,
+    /// A panicking thread's emergency allowance above the limit.
+    overdraft: Overdraft,
 }
 
 /// The counters of [`Core::counts`].
@@ -144,11 +163,18 @@ pub(crate) struct Counts {
     pub inner_failures: u64,
     pub reserved: usize,
     pub claimed: usize,
+    pub overdraft: OverdraftCounts,
 }
 
 pub(crate) struct Core {
     hot: CachePadded<Hot>,
     charged: CachePadded<AtomicUsize>,
+    /// The sum of every thread's hold for this instance (entries of any epoch, and holds
+    /// posted by exiting threads but not yet absorbed): at most `limit / CREDIT_SHARE`
+    /// whenever a hold grows (see [`Core::grow_hold`]). Each entry's credit is at most its
+    /// hold between calls, so this bounds all credit together. Written only when a hold
+    /// changes (near the limit, or when the pool is short), never on the fast path.
+    credit_out: CachePadded<AtomicUsize>,
     cold: CachePadded<Cold>,
 }
 
@@ -178,6 +204,7 @@ impl Core {
                 thresholds: AtomicU64::new(crate::PressureThresholds::DEFAULT_BITS),
             }),
             charged: CachePadded::new(AtomicUsize::new(0)),
+            credit_out: CachePadded::new(AtomicUsize::new(0)),
             cold: CachePadded::new(Cold {
                 peak: AtomicUsize::new(0),
                 peak_gen: AtomicUsize::new(0),
@@ -193,6 +220,7 @@ impl Core {
                 reserved: AtomicUsize::new(0),
                 claimed: AtomicUsize::new(0),
                 pool_role: AtomicU8::new(0),
+                overdraft: Overdraft::new(),
             }),
         }
     }
@@ -283,17 +311,8 @@ impl Core {
 
     // ---- the allocation path ----------------------------------------------------------
 
-    /// Charges `size` bytes for an allocation (or a realloc's growth). False = refused.
-    /// Never allocates, locks or panics.
-    #[inline(always)]
-    pub(crate) fn charge(&self, size: usize, op: Op) -> bool {
-        match self.charge_fast(size, op) {
-            Spent::Yes => true,
-            spent => self.charge_rest(spent, size, op),
-        }
-    }
-
-    /// The fast half of [`charge`](Self::charge): spends this thread's credit if it can.
+    /// The fast half of a charge of `size` bytes for an allocation (or a realloc's growth):
+    /// spends this thread's credit if it can. Never allocates, locks or panics.
     /// Anything but `Spent::Yes` must be finished by [`charge_rest`](Self::charge_rest).
     ///
     /// One load of the instance's token, then only this thread's entry: no shared write.
@@ -369,7 +388,7 @@ impl Core {
         }
     }
 
-    /// Undoes a successful [`charge`](Self::charge) whose inner allocation then failed.
+    /// Undoes a successful charge whose inner allocation then failed.
     #[cold]
     pub(crate) fn inner_failed(&self, size: usize, op: Op) {
         self.release(size, Op::Quiet);
@@ -416,7 +435,7 @@ impl Core {
     /// this thread's credit counted in, and refuses if that does not fit either.
     #[inline(always)]
     fn charge_direct(&self, e: &Entry, size: usize, op: Op) -> bool {
-        let Ok((_, after)) = self.take_from_budget(size, false) else {
+        let Ok((_, after)) = self.take_from_budget(size, 0) else {
             return false;
         };
         self.moved_own(e, after);
@@ -454,19 +473,20 @@ impl Core {
     fn spend_cached(&self, e: &Entry, size: usize, op: Op) -> bool {
         let credit = e.credit();
         if credit < size {
-            match self.carve(size - credit) {
+            // The batch beyond the shortfall is what is left after the spend: at most the
+            // hold, so that the credit stays within the hold (and the pool's bound).
+            match self.carve(size - credit, e.hold()) {
                 Ok((taken, after)) => {
                     e.set_credit(credit + taken);
                     self.rebase(e, after);
                 }
-                Err(()) => {
-                    self.refuse(size, true);
-                    return false;
-                }
+                Err(()) => return self.refuse_alloc(size, op),
             }
         }
         // A new low, if it is one (`set_credit` lowers the low-water mark).
         e.set_credit(e.credit() - size);
+        // `rebase` may have shrunk the hold below the batch (the refill took headroom).
+        self.keep_within_hold(e);
         if e.count(op) {
             self.publish(e);
         }
@@ -529,25 +549,36 @@ impl Core {
     #[inline(always)]
     fn moved_own(&self, e: &Entry, after: usize) {
         self.restart_window(e, after);
-        // The hold: far from the limit it would be `HOLD_MAX`, and the entry's hold is at
-        // most that already, so leaving it keeps the slack bound (a hold left smaller by an
+        // The hold: far from the limit it would be what it is (at most `HOLD_MAX` and the
+        // pool's share), so leaving it keeps the slack bound (a hold left smaller by an
         // earlier call near the limit is resized by the next general slow path). Near the
         // limit it follows the headroom, and the credit shrinks with it.
         let headroom = self.limit().saturating_sub(after);
         if headroom < HOLD_MAX * HOLD_SHARE {
-            let hold = headroom / HOLD_SHARE;
-            e.set_hold(hold);
-            if e.credit() > hold {
-                self.trim_credit(e);
-            }
+            self.resize_hold(e, headroom / HOLD_SHARE);
+            self.keep_within_hold(e);
         }
     }
 
-    /// Hands back the credit above half the hold (the hold shrank below the credit).
+    /// Hands back the credit above half the hold, if the credit is above the hold (the hold
+    /// shrank below it): every entry's credit stays within its hold between calls, which is
+    /// what bounds all threads' credit together (see [`CREDIT_SHARE`]).
+    #[inline]
+    fn keep_within_hold(&self, e: &Entry) {
+        if e.credit() > e.hold() {
+            self.trim_credit(e);
+        }
+    }
+
+    /// [`keep_within_hold`](Self::keep_within_hold) once the credit is over the hold.
     #[cold]
     #[inline(never)]
     fn trim_credit(&self, e: &Entry) {
-        self.give_back(e, e.credit() - e.hold() / 2);
+        let bytes = e.credit() - e.hold() / 2;
+        e.hand_back(bytes);
+        let after = self.charged.fetch_sub(bytes, Relaxed) - bytes;
+        // Not `rebase`: that resizes the hold, which is what sent us here.
+        self.restart_window(e, after);
     }
 
     /// Takes `size` freed bytes back as credit, handing back what passes the entry's hold.
@@ -574,10 +605,7 @@ impl Core {
                 self.count_shared(op);
                 true
             }
-            Err(()) => {
-                self.refuse(size, true);
-                false
-            }
+            Err(()) => self.refuse_alloc(size, op),
         }
     }
 
@@ -598,22 +626,23 @@ impl Core {
 
     // ---- carving from the shared budget -----------------------------------------------
 
-    /// Takes `need` bytes plus a refill batch from the budget. Returns (bytes taken, the
-    /// charge after taking them).
-    fn carve(&self, need: usize) -> Result<(usize, usize), ()> {
-        self.take_from_budget(need, true)
+    /// Takes `need` bytes plus a refill batch of at most `cap` from the budget. Returns
+    /// (bytes taken, the charge after taking them).
+    fn carve(&self, need: usize, cap: usize) -> Result<(usize, usize), ()> {
+        self.take_from_budget(need, cap)
     }
 
     /// Takes exactly `bytes` from the budget. Returns the charge after taking them.
     pub(crate) fn carve_exact(&self, bytes: usize) -> Result<usize, ()> {
-        self.take_from_budget(bytes, false).map(|(_, after)| after)
+        self.take_from_budget(bytes, 0).map(|(_, after)| after)
     }
 
-    /// The one compare-and-swap loop that raises `charged`: takes `need` bytes (plus, with
-    /// `batch`, up to 1/[`HEADROOM_SHARE`] of the spare headroom, at most [`MAX_BATCH`]) if
-    /// they fit under the limit, after absorbing the mailbox once if they do not.
+    /// The one compare-and-swap loop that raises `charged`: takes `need` bytes (plus a batch
+    /// of up to 1/[`HEADROOM_SHARE`] of the spare headroom, at most [`MAX_BATCH`] and at
+    /// most `batch_cap`; 0 for none) if they fit under the limit, after absorbing the
+    /// mailbox once if they do not.
     #[inline]
-    fn take_from_budget(&self, need: usize, batch: bool) -> Result<(usize, usize), ()> {
+    fn take_from_budget(&self, need: usize, batch_cap: usize) -> Result<(usize, usize), ()> {
         let mut retried = false;
         let mut current = self.charged.load(Relaxed);
         loop {
@@ -626,11 +655,9 @@ impl Core {
                 }
                 return Err(());
             }
-            let extra = if batch {
-                ((headroom - need) / HEADROOM_SHARE).min(MAX_BATCH)
-            } else {
-                0
-            };
+            let extra = ((headroom - need) / HEADROOM_SHARE)
+                .min(MAX_BATCH)
+                .min(batch_cap);
             let take = need + extra;
             match self
                 .charged
@@ -673,7 +700,11 @@ impl Core {
     fn note_own_change(&self, after: usize) {
         let own = self.own_entry(|e| {
             self.rebase(e, after);
-            e.credit()
+            // The usage at `after` is measured with the credit held then; trimming it
+            // after is no usage.
+            let credit = e.credit();
+            self.keep_within_hold(e);
+            credit
         });
         self.cold
             .peak
@@ -693,7 +724,76 @@ impl Core {
         let after = self.charged.fetch_sub(bytes, Relaxed) - bytes;
         // This thread's window measured usage against the higher charge: restart it, or
         // credit spent later would read as a peak above anything really in use.
-        let _ = self.own_entry(|e| self.rebase(e, after));
+        let _ = self.own_entry(|e| {
+            self.rebase(e, after);
+            self.keep_within_hold(e);
+        });
+    }
+
+    /// The budget refused a `GlobalAlloc` request of `size` bytes. On a panicking thread
+    /// (the only place `std::thread::panicking()` is asked) the emergency overdraft serves
+    /// it, or the process aborts with its line; otherwise the refusal is recorded and
+    /// reported. True when the overdraft granted it.
+    #[cold]
+    #[inline(never)]
+    fn refuse_alloc(&self, size: usize, op: Op) -> bool {
+        if std::thread::panicking() {
+            return self.overdraw(size, op);
+        }
+        self.refuse(size, true);
+        false
+    }
+
+    /// Refuses `size` bytes over the headroom of the entered reservation `r` (with
+    /// `Overflow::Refuse`): counted in `r`'s refusals only, with a line naming its budget.
+    /// A panicking thread is served by the shared budget, else the overdraft.
+    #[cold]
+    #[inline(never)]
+    fn refuse_in_reservation(&self, r: &ReservationState, size: usize, op: Op) -> bool {
+        if std::thread::panicking() {
+            return self.charge_exact(size, op); // and the overdraft if that is refused
+        }
+        r.note_refusal();
+        if self.report_refusals() {
+            let what = Refused::Reservation {
+                headroom: r.headroom(),
+                used: r.used(),
+            };
+            crate::report::refusal(size, self.allocated_bytes(), self.limit(), what);
+        }
+        false
+    }
+
+    /// Serves a panicking thread's refused request from the emergency overdraft: charged
+    /// exactly on the shared counter (its free gives it back like any block's), counted
+    /// apart, never raising the peak. Aborts with the line when the overdraft is spent.
+    fn overdraw(&self, size: usize, op: Op) -> bool {
+        let limit = self.limit();
+        let o = &self.cold.overdraft;
+        match o.grant(&self.charged, limit, size) {
+            Ok(after) => {
+                // Over the limit now: recall the credit, so other threads are served
+                // exactly (and refused) until the overdraft is given back.
+                self.recall_if_over(after);
+                self.count_shared(op);
+                true
+            }
+            Err(current) => overdraft::abort_spent(size, current, limit, o.allowance()),
+        }
+    }
+
+    /// The most a peak may read now (see [`Overdraft::peak_cap`]).
+    #[inline]
+    pub(crate) fn peak_cap(&self) -> usize {
+        self.cold.overdraft.peak_cap(self.limit())
+    }
+
+    pub(crate) fn overdraft_allowance(&self) -> usize {
+        self.cold.overdraft.allowance()
+    }
+
+    pub(crate) fn set_overdraft_allowance(&self, bytes: usize) {
+        self.cold.overdraft.set_allowance(bytes);
     }
 
     /// Records a refusal; with `report`, also writes the stderr line when enabled.
@@ -703,8 +803,15 @@ impl Core {
         self.cold.largest_refusal.fetch_max(size, Relaxed);
         self.recall_credit();
         if report && self.report_refusals() {
-            crate::report::refusal(size, self.allocated_bytes(), self.limit());
+            let (current, limit) = (self.allocated_bytes(), self.limit());
+            crate::report::refusal(size, current, limit, Refused::Alloc);
         }
+    }
+
+    /// The instance's token (which carries its credit epoch), for tests of what recalls credit.
+    #[cfg(test)]
+    pub(crate) fn token_now(&self) -> u64 {
+        self.hot.token.load(Relaxed)
     }
 
     /// Advances the credit epoch: every thread returns its credit on its next call.
@@ -791,17 +898,96 @@ impl Core {
         e.token
             .set(current | flags | if over { token::PARKED } else { 0 });
         self.set_hold(e, self.charged.load(Relaxed));
+        self.keep_within_hold(e);
         Some(e)
     }
 
-    /// Sets how much credit frees may leave this thread holding: `HOLD_MAX`, and at most
+    /// Sets how much credit frees may leave this thread holding: `HOLD_MAX`, at most
     /// 1/[`HOLD_SHARE`] of the headroom at `charged`, so that near the limit freed bytes go
-    /// back to the budget, where other threads can use them. Recomputed on every general
-    /// slow-path call (also when a parked thread resumes); the direct paths only near the
-    /// limit (see [`moved_own`](Self::moved_own)).
+    /// back to the budget, where other threads can use them, and at most what the pool of
+    /// all threads' holds allows (see [`resize_hold`](Self::resize_hold)). Recomputed on
+    /// every general slow-path call (also when a parked thread resumes); the direct paths
+    /// only near the limit (see [`moved_own`](Self::moved_own)). The caller keeps the
+    /// credit within the new hold ([`keep_within_hold`](Self::keep_within_hold)) before
+    /// it returns to the fast path.
     fn set_hold(&self, e: &Entry, charged: usize) {
         let headroom = self.limit().saturating_sub(charged);
-        e.set_hold((headroom / HOLD_SHARE).min(HOLD_MAX));
+        self.resize_hold(e, headroom / HOLD_SHARE);
+    }
+
+    /// The most one thread may hold: `HOLD_MAX`, and 1/[`THREAD_SHARE`] of the pool.
+    #[inline]
+    fn thread_hold_max(&self) -> usize {
+        (self.limit() / CREDIT_SHARE / THREAD_SHARE).min(HOLD_MAX)
+    }
+
+    /// Makes the entry's hold `want` (capped by [`thread_hold_max`](Self::thread_hold_max),
+    /// in whole [`HOLD_UNIT`]s), taking the growth from the pool `credit_out` or giving the
+    /// shrink back to it; a growth the pool cannot cover in full gets what is left, and a
+    /// pool over its bound takes back from every hold that passes. Only writes the pool
+    /// when the hold changes: far from the limit and with the pool not short, the hold
+    /// stays at the same maximum and this is a load and a few comparisons.
+    ///
+    /// [`HOLD_UNIT`]: thread_cache::HOLD_UNIT
+    fn resize_hold(&self, e: &Entry, want: usize) {
+        let unit = thread_cache::HOLD_UNIT;
+        let old = e.hold();
+        let mut want = want.min(self.thread_hold_max());
+        // A pool over its bound (the limit was lowered since its holds were taken): every
+        // thread that passes here gives back what it can towards the bound, so the busy
+        // threads bring all credit back under the new bound on their next slow path.
+        let (out, bound) = (self.credit_out.load(Relaxed), self.limit() / CREDIT_SHARE);
+        if out > bound {
+            want = want.min(old.saturating_sub(out - bound));
+        }
+        let want = want / unit * unit;
+        if want < old {
+            e.set_hold(want);
+            // After the entry stopped holding it: the pool counts every hold in full.
+            self.credit_out.fetch_sub(old - want, Relaxed);
+        } else if want > old {
+            let got = self.grow_hold(want - old);
+            if got > 0 {
+                e.set_hold(old + got);
+            }
+        }
+    }
+
+    /// Takes up to `more` bytes (whole units) of hold from the pool, without ever taking it
+    /// past `limit / CREDIT_SHARE`; returns how many were taken.
+    ///
+    /// Relaxed: the pool is a bound, not a channel; nothing is read on the strength of
+    /// having taken from it. Every hold is added here before an entry may use it and
+    /// subtracted only after the entry stopped using it (each thread's changes in program
+    /// order, the counter's changes in one modification order), so its value is at least
+    /// the sum of the holds in use at every moment.
+    fn grow_hold(&self, more: usize) -> usize {
+        let unit = thread_cache::HOLD_UNIT;
+        let bound = self.limit() / CREDIT_SHARE;
+        let mut out = self.credit_out.load(Relaxed);
+        loop {
+            let got = more.min(bound.saturating_sub(out)) / unit * unit;
+            if got == 0 {
+                return 0;
+            }
+            match self
+                .credit_out
+                .compare_exchange_weak(out, out + got, Relaxed, Relaxed)
+            {
+                Ok(_) => return got,
+                Err(now) => out = now,
+            }
+        }
+    }
+
+    /// Gives the entry's whole hold back to the pool (its credit must be 0 already): a
+    /// thread that goes idle on purpose ([`return_own_credit`](Self::return_own_credit)).
+    fn drop_hold(&self, e: &Entry) {
+        let old = e.hold();
+        if old > 0 {
+            e.set_hold(0);
+            self.credit_out.fetch_sub(old, Relaxed);
+        }
     }
 
     /// Returns `bytes` of the entry's credit to the budget.
@@ -812,6 +998,8 @@ impl Core {
         e.hand_back(bytes);
         let after = self.charged.fetch_sub(bytes, Relaxed) - bytes;
         self.rebase(e, after);
+        // The headroom only grew, but the pool or the limit may have shrunk the hold.
+        self.keep_within_hold(e);
     }
 
     /// Publishes the entry's window and opens a new one at charge `after`; resizes the
@@ -861,7 +1049,10 @@ impl Core {
     fn publish_peak_at(&self, e: &Entry, gen: usize) {
         let candidate = e.peak_candidate();
         if candidate > self.cold.peak.load(Relaxed) && e.peak_gen.get() == gen {
-            self.cold.peak.fetch_max(candidate, Relaxed);
+            // The cap only here, on the rare new peak: the direct paths pass by every time.
+            self.cold
+                .peak
+                .fetch_max(candidate.min(self.peak_cap()), Relaxed);
         }
     }
 
@@ -894,9 +1085,13 @@ impl Core {
         self.own_entry(|e| e.credit()).unwrap_or(0)
     }
 
-    /// Hands this thread's credit back to the budget now.
+    /// Hands this thread's credit back to the budget now, and its hold back to the pool
+    /// (its next free takes a hold again, on the slow path).
     pub(crate) fn return_own_credit(&self) {
-        let _ = self.own_entry(|e| self.give_back(e, e.credit()));
+        let _ = self.own_entry(|e| {
+            self.give_back(e, e.credit());
+            self.drop_hold(e);
+        });
     }
 
     /// Takes what exiting threads and dropped claims posted for this instance.
@@ -946,10 +1141,16 @@ impl Core {
         } else if post.returned > post.added {
             self.charged.fetch_sub(post.returned - post.added, Relaxed);
         }
+        if post.hold > 0 {
+            // An exited thread's holds: its credit came back above, with `returned`.
+            self.credit_out.fetch_sub(post.hold, Relaxed);
+        }
         self.cold.allocs.fetch_add(post.allocs, Relaxed);
         self.cold.deallocs.fetch_add(post.deallocs, Relaxed);
         self.cold.reallocs.fetch_add(post.reallocs, Relaxed);
-        self.cold.peak.fetch_max(post.peak, Relaxed);
+        self.cold
+            .peak
+            .fetch_max(post.peak.min(self.peak_cap()), Relaxed);
         if post.claimed > post.unclaimed {
             self.cold
                 .claimed
@@ -976,12 +1177,18 @@ impl Core {
         let r = self.entered(e);
         if r.take(size) {
             self.cold.reserved.fetch_sub(size, Relaxed);
-        } else if r.may_grow() && self.reserve(size).is_ok() {
+        } else if !r.may_grow() {
+            // Over the reservation's own budget: its refusal, not the allocator's, so it
+            // neither counts there nor recalls every thread's credit.
+            return self.refuse_in_reservation(r, size, op);
+        } else if self.reserve(size).is_ok() {
             r.note_growth(size);
         } else {
-            r.note_refusal();
-            self.refuse(size, true);
-            return false;
+            let granted = self.refuse_alloc(size, op); // by the overdraft, if panicking
+            if !granted {
+                r.note_refusal();
+            }
+            return granted;
         }
         if e.count(op) {
             self.publish(e);
@@ -997,6 +1204,7 @@ impl Core {
             let after = self.charged.fetch_sub(size - back, Relaxed) - (size - back);
             // As in `uncharge`: the window's base charge is now too high.
             self.rebase(e, after);
+            self.keep_within_hold(e);
         }
         if e.count(op) {
             self.publish(e);
@@ -1159,13 +1367,25 @@ impl Core {
                 }
             })
             .unwrap_or(0);
-        self.cold.peak.load(Relaxed).max(own).max(current)
+        let cap = self.peak_cap();
+        self.cold
+            .peak
+            .load(Relaxed)
+            .max(own.min(cap))
+            .max(current.min(cap))
     }
 
     pub(crate) fn reset_peak(&self) {
         let gen = self.cold.peak_gen.fetch_add(1, AcqRel) + 1;
+        // Peaks that exiting threads posted (or are posting) from earlier windows are
+        // discarded, and later posts of them refused, before the peak restarts here.
+        let t = self.token();
+        if token::slot(t) < SLOTS {
+            registry::reset_peak(token::slot(t), token::id(t), gen);
+        }
         let current = self.allocated_bytes();
-        self.cold.peak.store(current, Relaxed);
+        self.cold.peak.store(current.min(self.peak_cap()), Relaxed);
+        self.cold.overdraft.peak_reset(current, self.limit());
         let _ = self.own_entry(|e| {
             e.base.set(self.charged.load(Relaxed));
             e.reset_low();
@@ -1189,6 +1409,7 @@ impl Core {
             inner_failures: c.inner_failures.load(Relaxed),
             reserved: c.reserved.load(Relaxed),
             claimed: c.claimed.load(Relaxed),
+            overdraft: c.overdraft.counts(),
         }
     }
 

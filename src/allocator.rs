@@ -40,10 +40,13 @@ use std::alloc::{GlobalAlloc, Layout, System};
 ///
 /// For speed, each thread takes *credit* (already charged bytes) in batches of at most
 /// 256 KiB, and at most 1/32 of the headroom left, and spends it without touching shared
-/// memory; it keeps at most 512 KiB of freed bytes. Read on one thread, every number is
-/// exact for that thread's own work; credit held by *other* live threads reads as usage
-/// (at most 512 KiB per thread, far less near the limit), and a thread returns it when it
-/// exits or when a refusal recalls it. See `docs/performance.md`.
+/// memory; it keeps at most 512 KiB of freed bytes. All threads' credit together is at most
+/// 1/16 of the limit, however many threads there are (each thread's share comes from one
+/// pool). Read on one thread, every number is exact for that thread's own work; credit held
+/// by *other* live threads reads as usage (at most `limit / 16` in all), and a thread
+/// returns it when it exits or when a refusal recalls it. A request is refused only if live
+/// bytes, reservations and that credit together leave no room for it. See
+/// `docs/design.md`.
 /// [`new_exact`](Self::new_exact) turns the credit off.
 pub struct LimitedAllocator<A = System> {
     inner: A,
@@ -229,14 +232,15 @@ impl<A> LimitedAllocator<A> {
     /// a.set_thresholds(PressureThresholds::new(50.0, 70.0, 90.0)?);
     /// let _r = a.try_reserve(700).unwrap();
     /// assert_eq!(a.pressure_level(), PressureLevel::High);
-    /// # Ok::<(), limited_allocator::ThresholdError>(())
+    /// # Ok::<(), limited_allocator::pressure::ThresholdError>(())
     /// ```
     pub fn set_thresholds(&self, thresholds: PressureThresholds) {
         self.core.set_thresholds_bits(thresholds.to_bits());
     }
 
     /// Turns the one-line stderr report on refusal on or off (on by default). The line is
-    /// written with `write(2)`, rate-limited to one per second process-wide.
+    /// written with `write(2)`, rate-limited process-wide (a burst of 8 lines, then one per
+    /// second; see `docs/production.md`).
     ///
     /// ```
     /// let a = limited_allocator::LimitedAllocator::new(std::alloc::System, 10);
@@ -245,6 +249,35 @@ impl<A> LimitedAllocator<A> {
     /// ```
     pub fn set_refusal_reporting(&self, on: bool) {
         self.core.set_report_refusals(on);
+    }
+
+    /// Sets the emergency overdraft of a panicking thread (default 1 MiB): how far past the
+    /// limit the charge may go for requests of threads that are panicking, so the panic
+    /// prints its own message and unwinds (see `docs/production.md`). When even that is
+    /// spent, the allocator writes its line and aborts the process rather than return null
+    /// into the panic machinery, where it could only hang or hide the message. 0 turns the
+    /// overdraft off (a panic at the limit then aborts with the line at once). What it
+    /// lends is counted in [`AllocatorStats`] (`overdraft_*`), never in the peak.
+    ///
+    /// ```
+    /// let a = limited_allocator::LimitedAllocator::new(std::alloc::System, 1 << 20);
+    /// assert_eq!(a.panic_overdraft(), 1 << 20);
+    /// a.set_panic_overdraft(4 << 20); // room for a full backtrace's symbols
+    /// assert_eq!(a.panic_overdraft(), 4 << 20);
+    /// ```
+    pub fn set_panic_overdraft(&self, bytes: usize) {
+        self.core.set_overdraft_allowance(bytes);
+    }
+
+    /// The emergency overdraft of a panicking thread (see
+    /// [`set_panic_overdraft`](Self::set_panic_overdraft)).
+    ///
+    /// ```
+    /// let a = limited_allocator::LimitedAllocator::new(std::alloc::System, 10);
+    /// assert_eq!(a.panic_overdraft(), 1 << 20);
+    /// ```
+    pub fn panic_overdraft(&self) -> usize {
+        self.core.overdraft_allowance()
     }
 
     /// Whether refusals are reported on stderr.
@@ -335,10 +368,14 @@ impl<A> LimitedAllocator<A> {
             inner_failures: counts.inner_failures,
             current_bytes: current,
             reserved_bytes: counts.reserved,
-            peak_bytes: self.peak_bytes().max(current),
+            peak_bytes: self.peak_bytes().max(current.min(self.core.peak_cap())),
             limit_bytes: limit,
             pool_claimed_bytes: counts.claimed,
             pressure: self.core.level_of(current),
+            overdraft_limit_bytes: counts.overdraft.allowance,
+            overdraft_grants: counts.overdraft.grants,
+            overdraft_bytes: counts.overdraft.granted_bytes,
+            overdraft_peak_bytes: counts.overdraft.peak_excess,
         }
     }
 }
@@ -470,7 +507,14 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for LimitedAllocator<A> {
         let old_size = layout.size();
         if new_size > old_size {
             let growth = new_size - old_size;
-            if !self.core.charge(growth, Op::Realloc) {
+            let charged = match self.core.charge_fast(growth, Op::Realloc) {
+                Spent::Yes => true,
+                // Out of the fast path: a refusal's line names the full new size too.
+                spent => crate::report::growing_to(new_size, || {
+                    self.core.charge_rest(spent, growth, Op::Realloc)
+                }),
+            };
+            if !charged {
                 return core::ptr::null_mut(); // the old block stays valid and charged
             }
             // SAFETY: the caller upholds `realloc`'s contract; forwarded unchanged.

@@ -2,7 +2,11 @@
 //!
 //! An [`AdaptiveChunker`] hands out consecutive row ranges of a table (`0..n` rows). Every
 //! [`check_every`](ChunkConfig::check_every) chunks (default 10, and before the first one)
-//! it reads the budget's [`PressureLevel`] and adapts the chunk size:
+//! it reads the [`PressureLevel`] of its [`PressureSource`] and adapts the chunk size. The
+//! source is the allocator ([`LimitedAllocator`]: its own budget only), a running monitor
+//! ([`MonitorHandle`] or [`MemoryMonitor`]: the combined level of the allocator, RSS, the
+//! cgroup, system available memory and PSI, so memory the allocator cannot see, from a C
+//! library or `mmap`, steers the chunks too), or any closure returning a level:
 //!
 //! | level    | chunk size                                                            |
 //! |----------|-----------------------------------------------------------------------|
@@ -12,7 +16,9 @@
 //! | Critical | release hooks and [`release_free_memory`] first; then, if still Critical, quartered, not below the floor |
 //!
 //! Before each chunk it checks that the chunk's estimated bytes
-//! (`rows * bytes_per_row`) fit in the budget's headroom, shrinking the chunk to what fits.
+//! (`rows * bytes_per_row`) fit in the source's [`Headroom`] (for a monitor, the tightest
+//! of the allocator's budget, RSS against the process limit, and the cgroup), shrinking the
+//! chunk to what fits.
 //! When not even the floor chunk fits (after one release round), it stops with
 //! [`ChunkError::CannotAfford`], carrying the numbers, instead of going on into a refusal.
 //!
@@ -20,17 +26,172 @@
 //! `arrow_array::RecordBatch`, or [`SliceRows`] for `arrow_buffer` buffers (feature
 //! `arrow`).
 
+use crate::monitor::{MemoryMonitor, MonitorHandle};
 use crate::release::release_free_memory;
 use crate::{LimitedAllocator, PressureLevel};
 use core::fmt;
 use core::ops::Range;
-use std::alloc::System;
 use std::time::{Duration, Instant};
+
+/// Bytes in use and the limit they count against: what a chunk must fit in.
+///
+/// ```
+/// let h = limited_allocator::chunking::Headroom { current: 700, limit: 1000 };
+/// assert_eq!(h.available(), 300);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Headroom {
+    /// Bytes in use.
+    pub current: usize,
+    /// The limit they count against.
+    pub limit: usize,
+}
+
+impl Headroom {
+    /// `limit - current`, saturating.
+    ///
+    /// ```
+    /// let h = limited_allocator::chunking::Headroom { current: 1200, limit: 1000 };
+    /// assert_eq!(h.available(), 0);
+    /// ```
+    pub fn available(&self) -> usize {
+        self.limit.saturating_sub(self.current)
+    }
+
+    /// The one with less available.
+    fn tighter(self, other: Option<Self>) -> Self {
+        match other {
+            Some(o) if o.available() < self.available() => o,
+            _ => self,
+        }
+    }
+}
+
+/// Where an [`AdaptiveChunker`] reads memory pressure: the allocator, a monitor, or a
+/// closure returning a [`PressureLevel`].
+///
+/// ```
+/// use limited_allocator::chunking::{Headroom, PressureSource};
+/// use limited_allocator::PressureLevel;
+/// use std::sync::atomic::{AtomicU64, Ordering};
+///
+/// /// Memory an external engine reports, e.g. through its own API.
+/// struct Engine { used: AtomicU64, limit: u64 }
+///
+/// impl PressureSource for Engine {
+///     fn pressure_level(&self) -> PressureLevel {
+///         let pct = self.used.load(Ordering::Relaxed) * 100 / self.limit;
+///         if pct >= 80 { PressureLevel::High } else { PressureLevel::Low }
+///     }
+///     fn headroom(&self) -> Option<Headroom> {
+///         let current = self.used.load(Ordering::Relaxed) as usize;
+///         Some(Headroom { current, limit: self.limit as usize })
+///     }
+/// }
+/// let engine = Engine { used: AtomicU64::new(900), limit: 1000 };
+/// assert_eq!(engine.pressure_level(), PressureLevel::High);
+/// ```
+pub trait PressureSource {
+    /// The level now.
+    fn pressure_level(&self) -> PressureLevel;
+
+    /// What a chunk must fit in, or `None` when unknown (the affordability check is then
+    /// skipped; the level still steers the chunk size). Default `None`.
+    fn headroom(&self) -> Option<Headroom> {
+        None
+    }
+
+    /// Called after a release round, before the level is read again, so a source that
+    /// caches (a monitor between samples) can look afresh. Default: nothing.
+    fn refresh(&self) {}
+}
+
+impl<A> PressureSource for LimitedAllocator<A> {
+    fn pressure_level(&self) -> PressureLevel {
+        LimitedAllocator::pressure_level(self)
+    }
+    fn headroom(&self) -> Option<Headroom> {
+        Some(Headroom {
+            current: self.allocated_bytes(),
+            limit: self.limit(),
+        })
+    }
+}
+
+/// The monitor's combined level (one atomic load, as of its last sample); headroom is the
+/// tightest of the allocator's budget (read live), RSS against the process limit, and the
+/// cgroup's working set against its limit (as of the last sample). After a release round
+/// it takes a sample at once.
+impl PressureSource for MonitorHandle {
+    fn pressure_level(&self) -> PressureLevel {
+        self.level()
+    }
+    fn headroom(&self) -> Option<Headroom> {
+        let pair = |c: u64, l: u64| Headroom {
+            current: usize::try_from(c).unwrap_or(usize::MAX),
+            limit: usize::try_from(l).unwrap_or(usize::MAX),
+        };
+        let allocator = self
+            .source()
+            .filter(|s| s.limit() != usize::MAX)
+            .map(|s| Headroom {
+                current: s.allocated_bytes(),
+                limit: s.limit(),
+            });
+        let last = self.stats().last?;
+        let m = &last.memory;
+        let rss = m
+            .rss_anon_bytes
+            .or(m.rss_bytes)
+            .zip(last.process_limit)
+            .map(|(r, (l, _))| pair(r, l));
+        let cgroup = m
+            .cgroup
+            .as_ref()
+            .and_then(|cg| cg.working_set_bytes.zip(cg.limit_bytes))
+            .map(|(w, l)| pair(w, l));
+        [allocator, rss, cgroup]
+            .into_iter()
+            .flatten()
+            .reduce(|a, b| a.tighter(Some(b)))
+    }
+    fn refresh(&self) {
+        self.sample_now();
+    }
+}
+
+/// As its [`MonitorHandle`].
+impl PressureSource for MemoryMonitor {
+    fn pressure_level(&self) -> PressureLevel {
+        self.handle().pressure_level()
+    }
+    fn headroom(&self) -> Option<Headroom> {
+        (**self).headroom()
+    }
+    fn refresh(&self) {
+        (**self).refresh()
+    }
+}
+
+/// Any closure returning a level (no headroom: only the level steers).
+///
+/// ```
+/// use limited_allocator::chunking::{process_in_chunks, ChunkConfig};
+/// use limited_allocator::PressureLevel;
+/// let report = process_in_chunks(&|| PressureLevel::High, 1000, ChunkConfig::new(100, 8), |_| {})?;
+/// assert!(report.shrinks > 0);
+/// # Ok::<(), limited_allocator::chunking::ChunkError>(())
+/// ```
+impl<F: Fn() -> PressureLevel> PressureSource for F {
+    fn pressure_level(&self) -> PressureLevel {
+        self()
+    }
+}
 
 /// How an [`AdaptiveChunker`] sizes its chunks.
 ///
 /// ```
-/// use limited_allocator::ChunkConfig;
+/// use limited_allocator::chunking::ChunkConfig;
 /// let config = ChunkConfig::new(100_000, 64).with_min_rows(1_000).with_check_every(5);
 /// assert_eq!((config.start_rows, config.min_rows, config.check_every), (100_000, 1_000, 5));
 /// assert!(config.validate().is_ok());
@@ -56,7 +217,7 @@ impl ChunkConfig {
     /// and a check every [`DEFAULT_CHECK_EVERY`](Self::DEFAULT_CHECK_EVERY) chunks.
     ///
     /// ```
-    /// let c = limited_allocator::ChunkConfig::new(6400, 8);
+    /// let c = limited_allocator::chunking::ChunkConfig::new(6400, 8);
     /// assert_eq!((c.min_rows, c.check_every, c.bytes_per_row), (100, 10, 8));
     /// ```
     pub fn new(start_rows: usize, bytes_per_row: usize) -> Self {
@@ -71,7 +232,7 @@ impl ChunkConfig {
     /// Sets the floor chunk size.
     ///
     /// ```
-    /// let c = limited_allocator::ChunkConfig::new(1000, 8).with_min_rows(10);
+    /// let c = limited_allocator::chunking::ChunkConfig::new(1000, 8).with_min_rows(10);
     /// assert_eq!(c.min_rows, 10);
     /// ```
     pub fn with_min_rows(mut self, rows: usize) -> Self {
@@ -82,7 +243,7 @@ impl ChunkConfig {
     /// Sets the pressure check interval, in chunks.
     ///
     /// ```
-    /// let c = limited_allocator::ChunkConfig::new(1000, 8).with_check_every(1);
+    /// let c = limited_allocator::chunking::ChunkConfig::new(1000, 8).with_check_every(1);
     /// assert_eq!(c.check_every, 1);
     /// ```
     pub fn with_check_every(mut self, chunks: usize) -> Self {
@@ -94,7 +255,7 @@ impl ChunkConfig {
     /// check interval.
     ///
     /// ```
-    /// use limited_allocator::{ChunkConfig, ChunkError};
+    /// use limited_allocator::chunking::{ChunkConfig, ChunkError};
     /// let bad = ChunkConfig::new(100, 8).with_min_rows(200);
     /// assert_eq!(bad.validate(), Err(ChunkError::FloorAboveStart { min_rows: 200, start_rows: 100 }));
     /// ```
@@ -119,7 +280,8 @@ impl ChunkConfig {
 /// Why chunked processing could not start or go on.
 ///
 /// ```
-/// use limited_allocator::{AdaptiveChunker, ChunkConfig, ChunkError, LimitedAllocator};
+/// use limited_allocator::LimitedAllocator;
+/// use limited_allocator::chunking::{AdaptiveChunker, ChunkConfig, ChunkError};
 /// let budget = LimitedAllocator::new(std::alloc::System, 1000);
 /// let err = AdaptiveChunker::new(&budget, 10, ChunkConfig::new(10, 1).with_check_every(0))
 ///     .unwrap_err();
@@ -150,7 +312,7 @@ pub enum ChunkError {
         "invalid chunk config: the pressure check interval is 0 chunks (it must be at least 1)"
     )]
     ZeroInterval,
-    /// Not even the floor chunk's estimated bytes fit in the budget.
+    /// Not even the floor chunk's estimated bytes fit in the source's headroom.
     #[error(
         "cannot afford the smallest chunk: {rows} rows need {requested} bytes, but \
          {current} of the {limit} bytes limit are in use ({available} bytes available, \
@@ -161,9 +323,9 @@ pub enum ChunkError {
         rows: usize,
         /// Their estimated bytes.
         requested: usize,
-        /// Bytes charged to the budget at the check.
+        /// Bytes in use at the check (of the tightest limit, for a monitor).
         current: usize,
-        /// The budget's limit.
+        /// The limit they count against.
         limit: usize,
         /// `limit - current`, saturating.
         available: usize,
@@ -175,7 +337,7 @@ pub enum ChunkError {
 /// Chunks handed out and time spent at one pressure level.
 ///
 /// ```
-/// let t = limited_allocator::LevelTime::default();
+/// let t = limited_allocator::chunking::LevelTime::default();
 /// assert_eq!((t.chunks, t.time), (0, std::time::Duration::ZERO));
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -189,11 +351,12 @@ pub struct LevelTime {
 /// What an [`AdaptiveChunker`] did.
 ///
 /// ```
-/// use limited_allocator::{process_in_chunks, ChunkConfig, LimitedAllocator};
+/// use limited_allocator::LimitedAllocator;
+/// use limited_allocator::chunking::{process_in_chunks, ChunkConfig};
 /// let budget = LimitedAllocator::new(std::alloc::System, 1 << 20);
 /// let report = process_in_chunks(&budget, 1000, ChunkConfig::new(100, 8), |_rows| {})?;
 /// assert_eq!((report.chunks, report.rows, report.shrinks), (10, 1000, 0));
-/// # Ok::<(), limited_allocator::ChunkError>(())
+/// # Ok::<(), limited_allocator::chunking::ChunkError>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 #[non_exhaustive]
@@ -222,7 +385,8 @@ impl ChunkReport {
     /// Chunks and time at `level`.
     ///
     /// ```
-    /// use limited_allocator::{ChunkReport, PressureLevel};
+    /// use limited_allocator::PressureLevel;
+    /// use limited_allocator::chunking::ChunkReport;
     /// assert_eq!(ChunkReport::default().at(PressureLevel::High).chunks, 0);
     /// ```
     pub fn at(&self, level: PressureLevel) -> LevelTime {
@@ -242,7 +406,8 @@ impl ChunkReport {
 /// (after one release round) it yields [`ChunkError::CannotAfford`] and then ends.
 ///
 /// ```
-/// use limited_allocator::{AdaptiveChunker, ChunkConfig, LimitedAllocator};
+/// use limited_allocator::LimitedAllocator;
+/// use limited_allocator::chunking::{AdaptiveChunker, ChunkConfig};
 ///
 /// let budget = LimitedAllocator::new(std::alloc::System, 1 << 20);
 /// let _pressure = budget.try_reserve(900 << 10)?; // 86 %: High
@@ -256,8 +421,8 @@ impl ChunkReport {
 /// assert_eq!(chunker.report().shrinks, 4);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-pub struct AdaptiveChunker<'a, A = System> {
-    budget: &'a LimitedAllocator<A>,
+pub struct AdaptiveChunker<'a, S: ?Sized = LimitedAllocator> {
+    budget: &'a S,
     config: ChunkConfig,
     total_rows: usize,
     next_row: usize,
@@ -272,20 +437,18 @@ pub struct AdaptiveChunker<'a, A = System> {
     done: bool,
 }
 
-impl<'a, A> AdaptiveChunker<'a, A> {
-    /// A chunker over rows `0..total_rows`, steered by `budget`; fails on a bad `config`.
+impl<'a, S: PressureSource + ?Sized> AdaptiveChunker<'a, S> {
+    /// A chunker over rows `0..total_rows`, steered by `budget` (any [`PressureSource`]);
+    /// fails on a bad `config`.
     ///
     /// ```
-    /// use limited_allocator::{AdaptiveChunker, ChunkConfig, ChunkError, LimitedAllocator};
+    /// use limited_allocator::LimitedAllocator;
+    /// use limited_allocator::chunking::{AdaptiveChunker, ChunkConfig, ChunkError};
     /// let budget = LimitedAllocator::new(std::alloc::System, 1000);
     /// let bad = ChunkConfig::new(10, 1).with_min_rows(0);
     /// assert_eq!(AdaptiveChunker::new(&budget, 5, bad).err(), Some(ChunkError::ZeroFloor));
     /// ```
-    pub fn new(
-        budget: &'a LimitedAllocator<A>,
-        total_rows: usize,
-        config: ChunkConfig,
-    ) -> Result<Self, ChunkError> {
+    pub fn new(budget: &'a S, total_rows: usize, config: ChunkConfig) -> Result<Self, ChunkError> {
         config.validate()?;
         Ok(Self {
             budget,
@@ -310,12 +473,13 @@ impl<'a, A> AdaptiveChunker<'a, A> {
     /// that drops a cache. Hooks run in registration order, then [`release_free_memory`].
     ///
     /// ```
-    /// use limited_allocator::{AdaptiveChunker, ChunkConfig, LimitedAllocator};
+    /// use limited_allocator::LimitedAllocator;
+    /// use limited_allocator::chunking::{AdaptiveChunker, ChunkConfig};
     /// let budget = LimitedAllocator::new(std::alloc::System, 1000);
     /// let mut cache = vec![1, 2, 3];
     /// let mut chunker = AdaptiveChunker::new(&budget, 10, ChunkConfig::new(5, 1))?;
     /// chunker.add_release_hook(move || cache.clear());
-    /// # Ok::<(), limited_allocator::ChunkError>(())
+    /// # Ok::<(), limited_allocator::chunking::ChunkError>(())
     /// ```
     pub fn add_release_hook(&mut self, hook: impl FnMut() + 'a) -> &mut Self {
         self.hooks.push(Box::new(hook));
@@ -325,11 +489,12 @@ impl<'a, A> AdaptiveChunker<'a, A> {
     /// The chunk size in force now, in rows.
     ///
     /// ```
-    /// use limited_allocator::{AdaptiveChunker, ChunkConfig, LimitedAllocator};
+    /// use limited_allocator::LimitedAllocator;
+    /// use limited_allocator::chunking::{AdaptiveChunker, ChunkConfig};
     /// let budget = LimitedAllocator::new(std::alloc::System, 1000);
     /// let chunker = AdaptiveChunker::new(&budget, 10, ChunkConfig::new(5, 1))?;
     /// assert_eq!(chunker.chunk_rows(), 5);
-    /// # Ok::<(), limited_allocator::ChunkError>(())
+    /// # Ok::<(), limited_allocator::chunking::ChunkError>(())
     /// ```
     pub fn chunk_rows(&self) -> usize {
         self.chunk_rows
@@ -338,11 +503,12 @@ impl<'a, A> AdaptiveChunker<'a, A> {
     /// The pressure level read at the last check.
     ///
     /// ```
-    /// use limited_allocator::{AdaptiveChunker, ChunkConfig, LimitedAllocator, PressureLevel};
+    /// use limited_allocator::{LimitedAllocator, PressureLevel};
+    /// use limited_allocator::chunking::{AdaptiveChunker, ChunkConfig};
     /// let budget = LimitedAllocator::new(std::alloc::System, 1000);
     /// let chunker = AdaptiveChunker::new(&budget, 10, ChunkConfig::new(5, 1))?;
     /// assert_eq!(chunker.level(), PressureLevel::Low);
-    /// # Ok::<(), limited_allocator::ChunkError>(())
+    /// # Ok::<(), limited_allocator::chunking::ChunkError>(())
     /// ```
     pub fn level(&self) -> PressureLevel {
         self.level
@@ -351,12 +517,13 @@ impl<'a, A> AdaptiveChunker<'a, A> {
     /// What the chunker did so far.
     ///
     /// ```
-    /// use limited_allocator::{AdaptiveChunker, ChunkConfig, LimitedAllocator};
+    /// use limited_allocator::LimitedAllocator;
+    /// use limited_allocator::chunking::{AdaptiveChunker, ChunkConfig};
     /// let budget = LimitedAllocator::new(std::alloc::System, 1000);
     /// let mut chunker = AdaptiveChunker::new(&budget, 10, ChunkConfig::new(5, 1))?;
     /// chunker.next_chunk();
     /// assert_eq!(chunker.report().rows, 5);
-    /// # Ok::<(), limited_allocator::ChunkError>(())
+    /// # Ok::<(), limited_allocator::chunking::ChunkError>(())
     /// ```
     pub fn report(&self) -> ChunkReport {
         let mut report = self.report.clone();
@@ -370,14 +537,15 @@ impl<'a, A> AdaptiveChunker<'a, A> {
     /// Reads the pressure when a check is due and checks that the chunk is affordable.
     ///
     /// ```
-    /// use limited_allocator::{AdaptiveChunker, ChunkConfig, LimitedAllocator};
+    /// use limited_allocator::LimitedAllocator;
+    /// use limited_allocator::chunking::{AdaptiveChunker, ChunkConfig};
     /// let budget = LimitedAllocator::new(std::alloc::System, 1000);
     /// let mut chunker = AdaptiveChunker::new(&budget, 12, ChunkConfig::new(5, 1))?;
     /// assert_eq!(chunker.next_chunk(), Some(Ok(0..5)));
     /// assert_eq!(chunker.next_chunk(), Some(Ok(5..10)));
     /// assert_eq!(chunker.next_chunk(), Some(Ok(10..12)));
     /// assert_eq!(chunker.next_chunk(), None);
-    /// # Ok::<(), limited_allocator::ChunkError>(())
+    /// # Ok::<(), limited_allocator::chunking::ChunkError>(())
     /// ```
     pub fn next_chunk(&mut self) -> Option<Result<Range<usize>, ChunkError>> {
         self.close_previous();
@@ -450,6 +618,7 @@ impl<'a, A> AdaptiveChunker<'a, A> {
         let mut level = self.budget.pressure_level();
         if level == PressureLevel::Critical {
             self.release();
+            self.budget.refresh();
             level = self.budget.pressure_level();
         }
         self.level = level;
@@ -472,20 +641,23 @@ impl<'a, A> AdaptiveChunker<'a, A> {
             return Ok(rows);
         }
         let floor = self.config.min_rows.min(remaining);
-        let mut can = self.budget.available_bytes() / per_row;
+        let Some(mut room) = self.budget.headroom() else {
+            return Ok(rows);
+        };
+        let mut can = room.available() / per_row;
         if can < floor {
             self.release();
-            can = self.budget.available_bytes() / per_row;
+            self.budget.refresh();
+            room = self.budget.headroom().unwrap_or(room);
+            can = room.available() / per_row;
         }
         if can < floor {
-            let current = self.budget.allocated_bytes();
-            let limit = self.budget.limit();
             return Err(ChunkError::CannotAfford {
                 rows: floor,
                 requested: floor.saturating_mul(per_row),
-                current,
-                limit,
-                available: limit.saturating_sub(current),
+                current: room.current,
+                limit: room.limit,
+                available: room.available(),
                 level: self.budget.pressure_level(),
             });
         }
@@ -499,7 +671,7 @@ impl<'a, A> AdaptiveChunker<'a, A> {
     }
 }
 
-impl<A> Iterator for AdaptiveChunker<'_, A> {
+impl<S: PressureSource + ?Sized> Iterator for AdaptiveChunker<'_, S> {
     type Item = Result<Range<usize>, ChunkError>;
 
     fn next(&mut self) -> Option<Self::Item> {
@@ -507,7 +679,7 @@ impl<A> Iterator for AdaptiveChunker<'_, A> {
     }
 }
 
-impl<A> fmt::Debug for AdaptiveChunker<'_, A> {
+impl<S: ?Sized> fmt::Debug for AdaptiveChunker<'_, S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AdaptiveChunker")
             .field("config", &self.config)
@@ -520,11 +692,13 @@ impl<A> fmt::Debug for AdaptiveChunker<'_, A> {
     }
 }
 
-/// Runs `process` on every chunk of rows `0..total_rows`, sized by an [`AdaptiveChunker`];
+/// Runs `process` on every chunk of rows `0..total_rows`, sized by an [`AdaptiveChunker`]
+/// steered by `budget` (any [`PressureSource`]: the allocator, a monitor, a closure);
 /// returns its report, or the error that stopped it.
 ///
 /// ```
-/// use limited_allocator::{process_in_chunks, ChunkConfig, LimitedAllocator};
+/// use limited_allocator::LimitedAllocator;
+/// use limited_allocator::chunking::{process_in_chunks, ChunkConfig};
 ///
 /// let budget = LimitedAllocator::new(std::alloc::System, 1 << 20);
 /// let data: Vec<u64> = (0..10_000).collect();
@@ -534,10 +708,10 @@ impl<A> fmt::Debug for AdaptiveChunker<'_, A> {
 /// })?;
 /// assert_eq!(sum, 49_995_000);
 /// assert_eq!(report.rows, 10_000);
-/// # Ok::<(), limited_allocator::ChunkError>(())
+/// # Ok::<(), limited_allocator::chunking::ChunkError>(())
 /// ```
-pub fn process_in_chunks<A>(
-    budget: &LimitedAllocator<A>,
+pub fn process_in_chunks<S: PressureSource + ?Sized>(
+    budget: &S,
     total_rows: usize,
     config: ChunkConfig,
     mut process: impl FnMut(Range<usize>),
@@ -555,7 +729,7 @@ pub fn process_in_chunks<A>(
 ///
 /// ```
 /// use arrow_buffer::ScalarBuffer;
-/// use limited_allocator::SliceRows;
+/// use limited_allocator::chunking::SliceRows;
 /// let values = ScalarBuffer::from(vec![1i64, 2, 3, 4, 5]);
 /// assert_eq!(&values.slice_rows(1..4)[..], &[2, 3, 4]);
 /// ```

@@ -4,14 +4,14 @@
 //! A percentage is of the cgroup memory limit when the process has one (that is what the
 //! OOM killer enforces in a container), otherwise of physical memory.
 
-use crate::cgroup::read_cgroup_memory;
-use crate::units::{parse_size, SizeParseError};
+use crate::sampler::read_cgroup_memory;
+pub use crate::units::{parse_size, ByteSize, SizeParseError};
 use std::path::Path;
 
 /// The environment variable read by [`limit_from_env`].
 ///
 /// ```
-/// assert_eq!(limited_allocator::LIMIT_ENV_VAR, "LIMITED_ALLOCATOR_LIMIT");
+/// assert_eq!(limited_allocator::config::LIMIT_ENV_VAR, "LIMITED_ALLOCATOR_LIMIT");
 /// ```
 pub const LIMIT_ENV_VAR: &str = "LIMITED_ALLOCATOR_LIMIT";
 
@@ -19,7 +19,7 @@ pub const LIMIT_ENV_VAR: &str = "LIMITED_ALLOCATOR_LIMIT";
 /// value, so the fix is obvious from a log line.
 ///
 /// ```
-/// use limited_allocator::{limit_from_var, ConfigError};
+/// use limited_allocator::config::{limit_from_var, ConfigError};
 /// std::env::set_var("DOC_LIMIT", "150%");
 /// let err = limit_from_var("DOC_LIMIT").unwrap_err();
 /// assert!(matches!(err, ConfigError::PercentOutOfRange { .. }));
@@ -93,7 +93,7 @@ pub enum ConfigError {
 /// #[global_allocator]
 /// static ALLOC: LimitedAllocator = LimitedAllocator::new(System, LimitedAllocator::UNLIMITED);
 ///
-/// fn main() -> Result<(), limited_allocator::ConfigError> {
+/// fn main() -> Result<(), limited_allocator::config::ConfigError> {
 ///     # std::env::set_var("LIMITED_ALLOCATOR_LIMIT", "512MiB");
 ///     let limit = limit_from_env()?.unwrap_or(1 << 30); // default: 1 GiB
 ///     ALLOC.set_limit(limit);
@@ -109,9 +109,9 @@ pub fn limit_from_env() -> Result<Option<usize>, ConfigError> {
 ///
 /// ```
 /// std::env::set_var("MY_SERVICE_MEMORY", "2 GB");
-/// assert_eq!(limited_allocator::limit_from_var("MY_SERVICE_MEMORY"), Ok(Some(2_000_000_000)));
+/// assert_eq!(limited_allocator::config::limit_from_var("MY_SERVICE_MEMORY"), Ok(Some(2_000_000_000)));
 /// std::env::set_var("MY_SERVICE_MEMORY", "lots");
-/// let err = limited_allocator::limit_from_var("MY_SERVICE_MEMORY").unwrap_err();
+/// let err = limited_allocator::config::limit_from_var("MY_SERVICE_MEMORY").unwrap_err();
 /// assert!(err.to_string().starts_with("MY_SERVICE_MEMORY=\"lots\" is not a memory size"));
 /// ```
 pub fn limit_from_var(var: &str) -> Result<Option<usize>, ConfigError> {

@@ -10,6 +10,8 @@
 //! | `allocated_bytes`, `peak_allocated_bytes`, `limit_bytes`, `reserved_bytes`, `pool_claimed_bytes` | gauge | |
 //! | `datafusion_reserved_bytes`, `datafusion_unreserved_bytes`, `datafusion_rss_unreserved_bytes` (a `DataFusionPool` as the source) | gauge | |
 //! | `allocations_total`, `deallocations_total`, `reallocations_total`, `refusals_total`, `refused_bytes_total`, `inner_failures_total` | counter | |
+//! | `overdraft_limit_bytes`, `overdraft_peak_bytes` | gauge | |
+//! | `overdraft_grants_total`, `overdraft_bytes_total` | counter | |
 //! | `process_rss_bytes`, `process_rss_anon_bytes`, `process_peak_rss_bytes`, `process_limit_bytes` | gauge | |
 //! | `system_memory_total_bytes`, `system_memory_available_bytes` | gauge | |
 //! | `cgroup_limit_bytes`, `cgroup_high_bytes`, `cgroup_usage_bytes`, `cgroup_working_set_bytes` | gauge | |
@@ -19,20 +21,25 @@
 //! | `signal_level` | gauge (0 .. 3) | `signal` |
 //! | `level_samples_total`, `level_seconds_total` | counter | `level` |
 //! | `level_transitions_total`, `monitor_samples_total`, `listener_panics_total`, `leaks_suspected_total` | counter | |
+//! | `request_peak_bytes` (with `PrometheusCollector::with_requests`) | histogram | `le` |
+//! | `requests_shed_total` | counter | `reason` (allocator_level, monitor_level, reservation) |
+//! | `request_refusals_total` | counter | |
 
 use crate::monitor::{MonitorHandle, Reason, Signal, StageStats};
 use crate::sampler::MemorySample;
 use crate::PressureLevel;
 
+pub use crate::requests::{RequestSnapshot, RequestStats, ShedReason, PEAK_BUCKETS};
+
 /// The allocator's numbers in a [`Snapshot`]. Counters the source does not report are
-/// `None` (a plain [`BudgetSource`](crate::BudgetSource) reports only the first three).
+/// `None` (a plain [`BudgetSource`](crate::monitor::BudgetSource) reports only the first three).
 ///
 /// ```no_run
-/// # let monitor = limited_allocator::MemoryMonitor::builder().build()?;
+/// # let monitor = limited_allocator::monitor::MemoryMonitor::builder().build()?;
 /// if let Some(a) = monitor.snapshot().allocator {
 ///     println!("{} of {:?} bytes", a.allocated_bytes, a.limit_bytes);
 /// }
-/// # Ok::<(), limited_allocator::MonitorError>(())
+/// # Ok::<(), limited_allocator::monitor::MonitorError>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Default)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
@@ -62,6 +69,14 @@ pub struct AllocatorSnapshot {
     pub reserved_bytes: Option<u64>,
     /// Bytes claimed through the Arrow pool.
     pub pool_claimed_bytes: Option<u64>,
+    /// The emergency overdraft a panicking thread may take past the limit.
+    pub overdraft_limit_bytes: Option<u64>,
+    /// Requests of panicking threads served past the limit.
+    pub overdraft_grants: Option<u64>,
+    /// Bytes those requests took.
+    pub overdraft_bytes: Option<u64>,
+    /// The highest charge above the limit the overdraft reached (apart from `peak_bytes`).
+    pub overdraft_peak_bytes: Option<u64>,
     /// Bytes reserved in the DataFusion pool (when the source is a `DataFusionPool`).
     pub datafusion_reserved_bytes: Option<u64>,
     /// Bytes charged less bytes reserved in the DataFusion pool: the real memory DataFusion
@@ -73,7 +88,7 @@ pub struct AllocatorSnapshot {
 /// Time and samples at one level, in a [`Snapshot`].
 ///
 /// ```
-/// let l = limited_allocator::LevelSnapshot::default();
+/// let l = limited_allocator::metrics::LevelSnapshot::default();
 /// assert_eq!(l.seconds, 0.0);
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
@@ -91,12 +106,12 @@ pub struct LevelSnapshot {
 /// sampler reading, and the monitor's statistics.
 ///
 /// ```
-/// let monitor = limited_allocator::MemoryMonitor::builder().build()?;
+/// let monitor = limited_allocator::monitor::MemoryMonitor::builder().build()?;
 /// monitor.sample_now();
 /// let snapshot = monitor.snapshot();
 /// assert_eq!(snapshot.samples, 1);
 /// assert_eq!(snapshot.levels.len(), 4);
-/// # Ok::<(), limited_allocator::MonitorError>(())
+/// # Ok::<(), limited_allocator::monitor::MonitorError>(())
 /// ```
 #[derive(Debug, Clone, PartialEq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
@@ -139,11 +154,11 @@ impl Snapshot {
     /// The level of one signal in the last sample, `None` when it could not be read.
     ///
     /// ```
-    /// use limited_allocator::Signal;
-    /// let monitor = limited_allocator::MemoryMonitor::builder().psi_thresholds(None).build()?;
+    /// use limited_allocator::monitor::Signal;
+    /// let monitor = limited_allocator::monitor::MemoryMonitor::builder().psi_thresholds(None).build()?;
     /// monitor.sample_now();
     /// assert_eq!(monitor.snapshot().signal_level(Signal::Psi), None);
-    /// # Ok::<(), limited_allocator::MonitorError>(())
+    /// # Ok::<(), limited_allocator::monitor::MonitorError>(())
     /// ```
     pub fn signal_level(&self, signal: Signal) -> Option<PressureLevel> {
         self.reasons
@@ -157,10 +172,10 @@ impl MonitorHandle {
     /// A [`Snapshot`] of every number now.
     ///
     /// ```
-    /// let monitor = limited_allocator::MemoryMonitor::builder().build()?;
+    /// let monitor = limited_allocator::monitor::MemoryMonitor::builder().build()?;
     /// let s = monitor.snapshot();
     /// assert_eq!(s.samples, 0);
-    /// # Ok::<(), limited_allocator::MonitorError>(())
+    /// # Ok::<(), limited_allocator::monitor::MonitorError>(())
     /// ```
     pub fn snapshot(&self) -> Snapshot {
         let stats = self.stats();
@@ -182,6 +197,10 @@ impl MonitorHandle {
                 a.inner_failures = Some(st.inner_failures);
                 a.reserved_bytes = Some(st.reserved_bytes as u64);
                 a.pool_claimed_bytes = Some(st.pool_claimed_bytes as u64);
+                a.overdraft_limit_bytes = Some(st.overdraft_limit_bytes as u64);
+                a.overdraft_grants = Some(st.overdraft_grants);
+                a.overdraft_bytes = Some(st.overdraft_bytes);
+                a.overdraft_peak_bytes = Some(st.overdraft_peak_bytes as u64);
             }
             if let Some(reserved) = s.datafusion_reserved_bytes() {
                 a.datafusion_reserved_bytes = Some(reserved as u64);
@@ -259,7 +278,8 @@ mod prom {
     /// every scrape reads a fresh [`Snapshot`]. The metric names are listed in `docs/monitoring.md`.
     ///
     /// ```
-    /// use limited_allocator::{MemoryMonitor, PrometheusCollector};
+    /// use limited_allocator::metrics::PrometheusCollector;
+    /// use limited_allocator::monitor::MemoryMonitor;
     /// use prometheus_client::registry::Registry;
     ///
     /// let monitor = MemoryMonitor::builder().build()?;
@@ -269,24 +289,85 @@ mod prom {
     /// let mut text = String::new();
     /// prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
     /// assert!(text.contains("limited_allocator_pressure_level 0"));
-    /// # Ok::<(), limited_allocator::MonitorError>(())
+    /// # Ok::<(), limited_allocator::monitor::MonitorError>(())
     /// ```
     #[derive(Debug, Clone)]
     pub struct PrometheusCollector {
         handle: MonitorHandle,
+        requests: Option<RequestStats>,
     }
 
     impl PrometheusCollector {
         /// A collector reading from `handle`.
         ///
         /// ```
-        /// let monitor = limited_allocator::MemoryMonitor::builder().build()?;
-        /// let c = limited_allocator::PrometheusCollector::new(monitor.handle());
-        /// # Ok::<(), limited_allocator::MonitorError>(())
+        /// let monitor = limited_allocator::monitor::MemoryMonitor::builder().build()?;
+        /// let c = limited_allocator::metrics::PrometheusCollector::new(monitor.handle());
+        /// # Ok::<(), limited_allocator::monitor::MonitorError>(())
         /// ```
         pub fn new(handle: MonitorHandle) -> Self {
-            Self { handle }
+            Self {
+                handle,
+                requests: None,
+            }
         }
+
+        /// Exports a service's per-request numbers too: `request_peak_bytes` (a
+        /// histogram), `requests_shed_total{reason}` and `request_refusals_total`.
+        ///
+        /// ```
+        /// use limited_allocator::metrics::{PrometheusCollector, RequestStats};
+        /// use limited_allocator::monitor::MemoryMonitor;
+        /// let monitor = MemoryMonitor::builder().build()?;
+        /// let requests = RequestStats::new(); // given to the tower layer too
+        /// let c = PrometheusCollector::new(monitor.handle()).with_requests(requests.clone());
+        /// # Ok::<(), limited_allocator::monitor::MonitorError>(())
+        /// ```
+        pub fn with_requests(mut self, requests: RequestStats) -> Self {
+            self.requests = Some(requests);
+            self
+        }
+    }
+
+    fn encode_requests(out: &mut Out<'_, '_>, r: &RequestSnapshot) -> Result<(), Error> {
+        let name = out.name("request_peak").to_string();
+        let mut m = out.enc.encode_descriptor(
+            &name,
+            "Bytes each request had in use at its peak (its reservation's peak_used).",
+            Some(&Unit::Bytes),
+            MetricType::Histogram,
+        )?;
+        // The encoder wants per-bucket counts and an unbounded (f64::MAX) last bucket.
+        let mut below = 0;
+        let mut buckets: Vec<(f64, u64)> = r
+            .buckets
+            .iter()
+            .map(|&(upper, cumulative)| {
+                let n = cumulative - below;
+                below = cumulative;
+                (upper as f64, n)
+            })
+            .collect();
+        buckets.push((f64::MAX, r.completed.saturating_sub(below)));
+        m.encode_histogram::<NoLabelSet>(r.peak_sum as f64, r.completed, &buckets, None)?;
+        let name = out.name("requests_shed").to_string();
+        let mut family = out.enc.encode_descriptor(
+            &name,
+            "Requests refused before they ran, per reason.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (reason, n) in r.shed {
+            family
+                .encode_family(&[("reason", reason.as_str())])?
+                .encode_counter::<NoLabelSet, _, u64>(&n, None)?;
+        }
+        out.counter(
+            "request_refusals",
+            "Allocations refused inside request budgets.",
+            false,
+            Some(r.refusals),
+        )
     }
 
     const PREFIX: &str = "limited_allocator_";
@@ -425,6 +506,28 @@ mod prom {
                     false,
                     a.inner_failures,
                 )?;
+                out.bytes(
+                    "overdraft_limit",
+                    "Emergency overdraft a panicking thread may take past the limit.",
+                    a.overdraft_limit_bytes,
+                )?;
+                out.bytes(
+                    "overdraft_peak",
+                    "Highest charge above the limit reached by the emergency overdraft.",
+                    a.overdraft_peak_bytes,
+                )?;
+                out.counter(
+                    "overdraft_grants",
+                    "Requests of panicking threads served past the limit.",
+                    false,
+                    a.overdraft_grants,
+                )?;
+                out.counter(
+                    "overdraft",
+                    "Bytes taken past the limit by panicking threads.",
+                    true,
+                    a.overdraft_bytes,
+                )?;
             }
             if let Some(gap) = s.datafusion_rss_unreserved_bytes {
                 out.gauge(
@@ -559,6 +662,9 @@ mod prom {
                 false,
                 Some(s.leaks_suspected),
             )?;
+            if let Some(r) = &self.requests {
+                encode_requests(&mut out, &r.snapshot())?;
+            }
             Ok(())
         }
     }
@@ -567,8 +673,10 @@ mod prom {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cgroup::tests::Fixture;
-    use crate::{LimitedAllocator, MemoryMonitor, Sampler};
+    use crate::monitor::MemoryMonitor;
+    use crate::sampler::cgroup::tests::Fixture;
+    use crate::sampler::Sampler;
+    use crate::LimitedAllocator;
     use std::sync::Arc;
     use std::time::Duration;
 
@@ -727,6 +835,13 @@ mod tests {
         assert_eq!(value("limited_allocator_allocated_bytes", &[]), 921600.0);
         assert_eq!(value("limited_allocator_limit_bytes", &[]), 1048576.0);
         assert_eq!(value("limited_allocator_refusals_total", &[]), 0.0);
+        assert_eq!(
+            value("limited_allocator_overdraft_limit_bytes", &[]),
+            1048576.0
+        );
+        assert_eq!(value("limited_allocator_overdraft_grants_total", &[]), 0.0);
+        assert_eq!(value("limited_allocator_overdraft_bytes_total", &[]), 0.0);
+        assert_eq!(value("limited_allocator_overdraft_peak_bytes", &[]), 0.0);
         assert_eq!(value("limited_allocator_process_rss_bytes", &[]), 2097152.0);
         assert_eq!(value("limited_allocator_cgroup_oom_kills_total", &[]), 2.0);
         assert_eq!(

@@ -120,7 +120,7 @@ pub struct ThresholdError {
 /// let strict = PressureThresholds::new(50.0, 70.0, 90.0)?;
 /// assert_eq!(strict.level_for(75.0), PressureLevel::High);
 /// assert!(PressureThresholds::new(80.0, 70.0, 90.0).is_err());
-/// # Ok::<(), limited_allocator::ThresholdError>(())
+/// # Ok::<(), limited_allocator::pressure::ThresholdError>(())
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PressureThresholds {
@@ -258,7 +258,8 @@ impl PressureThresholds {
 /// Medium and High on every sample.
 ///
 /// ```
-/// use limited_allocator::{HysteresisLevel, PressureLevel, PressureThresholds};
+/// use limited_allocator::{PressureLevel, PressureThresholds};
+/// use limited_allocator::pressure::HysteresisLevel;
 /// let mut level = HysteresisLevel::new(PressureThresholds::DEFAULT, 5.0);
 /// assert_eq!(level.update(81.0), PressureLevel::High);
 /// assert_eq!(level.update(78.0), PressureLevel::High); // not yet 5 points below 80
@@ -276,7 +277,8 @@ impl HysteresisLevel {
     /// Starts at Low. `margin` is in percentage points (negative values count as 0).
     ///
     /// ```
-    /// use limited_allocator::{HysteresisLevel, PressureLevel, PressureThresholds};
+    /// use limited_allocator::{PressureLevel, PressureThresholds};
+    /// use limited_allocator::pressure::HysteresisLevel;
     /// let level = HysteresisLevel::new(PressureThresholds::DEFAULT, 5.0);
     /// assert_eq!(level.current(), PressureLevel::Low);
     /// ```
@@ -291,7 +293,8 @@ impl HysteresisLevel {
     /// The level as of the last update.
     ///
     /// ```
-    /// use limited_allocator::{HysteresisLevel, PressureLevel, PressureThresholds};
+    /// use limited_allocator::{PressureLevel, PressureThresholds};
+    /// use limited_allocator::pressure::HysteresisLevel;
     /// let mut level = HysteresisLevel::new(PressureThresholds::DEFAULT, 5.0);
     /// level.update(99.0);
     /// assert_eq!(level.current(), PressureLevel::Critical);
@@ -303,7 +306,8 @@ impl HysteresisLevel {
     /// Feeds a new usage in percent and returns the level after it.
     ///
     /// ```
-    /// use limited_allocator::{HysteresisLevel, PressureLevel, PressureThresholds};
+    /// use limited_allocator::{PressureLevel, PressureThresholds};
+    /// use limited_allocator::pressure::HysteresisLevel;
     /// let mut level = HysteresisLevel::new(PressureThresholds::DEFAULT, 5.0);
     /// assert_eq!(level.update(10.0), PressureLevel::Low);
     /// ```

@@ -11,9 +11,13 @@
 //! Safety of posting against a concurrent drop is a two-sided handshake: a poster pins the
 //! slot, then checks the owner; the dropping instance marks the slot dead, then waits until
 //! no pins remain. With sequentially consistent ordering on both sides, either the poster
-//! sees the slot dead, or the instance sees the pin and waits.
+//! sees the slot dead, or the instance sees the pin and waits. The wait backs off
+//! (`crossbeam_utils::Backoff`, spinning then yielding), and a pin can never be left behind
+//! by a thread that no longer exists: after `fork()` the child clears the pins the parent's
+//! other threads held (see `after_fork_in_child`), so a child can drop instances.
 
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use crossbeam_utils::Backoff;
 
 /// Slots in the table (one less than the token's 10-bit slot field can name: the last value
 /// means "no slot"). The first [`CACHED_SLOTS`] also index the per-thread credit caches.
@@ -36,6 +40,10 @@ pub(crate) struct Slot {
     deallocs: AtomicU64,
     reallocs: AtomicU64,
     peak: AtomicUsize,
+    /// The owner's peak generation (see [`reset_peak`]): a posted peak of another
+    /// generation is from before a reset and is discarded.
+    peak_gen: AtomicUsize,
+    hold: AtomicUsize,
     claimed: AtomicUsize,
     unclaimed: AtomicUsize,
 }
@@ -52,6 +60,8 @@ impl Slot {
             deallocs: AtomicU64::new(0),
             reallocs: AtomicU64::new(0),
             peak: AtomicUsize::new(0),
+            peak_gen: AtomicUsize::new(0),
+            hold: AtomicUsize::new(0),
             claimed: AtomicUsize::new(0),
             unclaimed: AtomicUsize::new(0),
         }
@@ -71,8 +81,11 @@ pub(crate) struct Post {
     pub allocs: u64,
     pub deallocs: u64,
     pub reallocs: u64,
-    /// A peak candidate observed by the poster.
+    /// A peak candidate observed by the poster, of peak generation `peak_gen`.
     pub peak: usize,
+    pub peak_gen: usize,
+    /// Hold allowance to give back to the instance's pool of holds (an exited thread's).
+    pub hold: usize,
     /// Bytes newly claimed / released through the Arrow pool interface (attribution for
     /// `pool_claimed_bytes`, separate from the charge).
     pub claimed: usize,
@@ -88,7 +101,8 @@ impl Post {
 /// Claims a free slot for instance `id`, preferring the cached range when `want_cache`.
 /// `None` when the table is full.
 pub(crate) fn claim(id: u64, want_cache: bool) -> Option<usize> {
-    debug_assert!(id != FREE && id != DYING);
+    debug_assert!(id != FREE && id != DYING && id <= ID_MAX);
+    clear_pins_after_fork();
     let (first, second) = if want_cache {
         (0..CACHED_SLOTS, CACHED_SLOTS..SLOTS)
     } else {
@@ -112,11 +126,39 @@ pub(crate) fn release(index: usize, id: u64) {
         return;
     }
     slot.owner.store(DYING, Ordering::SeqCst);
-    while slot.pins.load(Ordering::SeqCst) != 0 {
-        core::hint::spin_loop();
-    }
+    wait_unpinned(slot);
     let _ = take_all(slot);
+    slot.peak_gen.store(0, Ordering::Relaxed);
+    // Release: pairs with `claim`'s Acquire, so the next owner sees the slot emptied.
     slot.owner.store(FREE, Ordering::Release);
+}
+
+/// Waits until no poster pins `slot`. A pin lasts one post (a few dozen instructions, no
+/// blocking), so the wait is short: it spins, then yields to let a preempted poster run.
+/// SeqCst for the handshake of the module docs.
+fn wait_unpinned(slot: &Slot) {
+    let backoff = Backoff::new();
+    while slot.pins.load(Ordering::SeqCst) != 0 {
+        backoff.snooze();
+    }
+}
+
+/// Starts peak generation `gen` for the owner `id` of slot `index`: a peak posted from now
+/// on counts only if it is of `gen`, and what was posted before is discarded. Waits out the
+/// posters that pinned the slot before the new generation was visible to them.
+///
+/// The same handshake as [`release`]: a poster pins (SeqCst), then loads the generation
+/// (SeqCst); here the generation is stored (SeqCst), then the pins are waited out, then the
+/// peak is cleared. Either the poster's load sees the new generation (and drops an old
+/// peak), or its pin is seen here and the clear comes after its post.
+pub(crate) fn reset_peak(index: usize, id: u64, gen: usize) {
+    let Some(slot) = TABLE.get(index) else { return };
+    if slot.owner.load(Ordering::SeqCst) != id {
+        return;
+    }
+    slot.peak_gen.store(gen, Ordering::SeqCst);
+    wait_unpinned(slot);
+    slot.peak.store(0, Ordering::Relaxed);
 }
 
 /// Posts to instance `id` at slot `index`; silently dropped if that instance is gone.
@@ -143,7 +185,10 @@ pub(crate) fn post(index: usize, id: u64, post: Post) {
         add64(&slot.allocs, post.allocs);
         add64(&slot.deallocs, post.deallocs);
         add64(&slot.reallocs, post.reallocs);
-        slot.peak.fetch_max(post.peak, Ordering::Relaxed);
+        if post.peak != 0 && slot.peak_gen.load(Ordering::SeqCst) == post.peak_gen {
+            slot.peak.fetch_max(post.peak, Ordering::Relaxed);
+        }
+        add(&slot.hold, post.hold);
         add(&slot.claimed, post.claimed);
         add(&slot.unclaimed, post.unclaimed);
         slot.dirty.store(true, Ordering::Release);
@@ -186,20 +231,88 @@ fn take_all(slot: &Slot) -> Post {
         deallocs: slot.deallocs.swap(0, Ordering::Relaxed),
         reallocs: slot.reallocs.swap(0, Ordering::Relaxed),
         peak: slot.peak.swap(0, Ordering::Relaxed),
+        peak_gen: 0,
+        hold: slot.hold.swap(0, Ordering::Relaxed),
         claimed: slot.claimed.swap(0, Ordering::Relaxed),
         unclaimed: slot.unclaimed.swap(0, Ordering::Relaxed),
     }
 }
 
-/// Unique instance ids; the token keeps 38 bits of them (2.7e11 instances per process).
+/// Instance ids have this many bits: all the token keeps of them (see
+/// `thread_cache::token`), so that the registry compares exactly what tokens carry.
+pub(crate) const ID_BITS: u32 = 38;
+/// The largest instance id.
+pub(crate) const ID_MAX: u64 = (1 << ID_BITS) - 1;
+
+static NEXT: AtomicU64 = AtomicU64::new(1);
+
+/// Instance ids, already cut to [`ID_BITS`] (never 0 = [`FREE`]): unique among the last
+/// 2.7e11 instances of the process, after which they come round again. Cut here, where they
+/// are made, so that a slot's owner and a token's id are the same number: a post or a
+/// returned credit always finds its instance.
 pub(crate) fn next_id() -> u64 {
-    static NEXT: AtomicU64 = AtomicU64::new(1);
-    NEXT.fetch_add(1, Ordering::Relaxed)
+    loop {
+        let id = NEXT.fetch_add(1, Ordering::Relaxed) & ID_MAX;
+        if id != FREE {
+            return id;
+        }
+    }
+}
+
+/// Registers (once per process, from the first `claim`) a `pthread_atfork` child handler
+/// that clears every pin: in the child of a fork, the only thread is the one that called
+/// `fork`, which was not posting, so every pin was held by a thread that does not exist
+/// there and would make the child's `release` wait for ever.
+///
+/// Not a `Once`: `pthread_atfork` may allocate, re-entering the allocator and this function
+/// on the same thread; the re-entrant call sees "registering" and goes on without waiting.
+fn clear_pins_after_fork() {
+    #[cfg(unix)]
+    {
+        static STATE: core::sync::atomic::AtomicU8 = core::sync::atomic::AtomicU8::new(0);
+        if STATE.load(Ordering::Relaxed) != 0
+            || STATE
+                .compare_exchange(0, 1, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        // SAFETY: registers a handler with the C signature pthread_atfork expects; the
+        // handler only does relaxed atomic stores to static memory (async-signal-safe).
+        unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
+        STATE.store(2, Ordering::Relaxed);
+    }
+}
+
+/// The `pthread_atfork` child handler: see [`clear_pins_after_fork`]. A slot the parent
+/// was releasing at the fork stays dead in the child (its instance is gone there too).
+#[cfg(unix)]
+extern "C" fn after_fork_in_child() {
+    for slot in &TABLE {
+        slot.pins.store(0, Ordering::Relaxed);
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Ids are made within the token's 38 bits, and 0 (a free slot) is skipped when they
+    /// come round: a slot's owner is always exactly the id its tokens carry.
+    #[test]
+    fn ids_are_cut_where_they_are_made() {
+        NEXT.fetch_max(ID_MAX, Ordering::Relaxed);
+        let mut seen = Vec::new();
+        for _ in 0..4 {
+            seen.push(next_id());
+        }
+        assert!(
+            seen.iter().all(|&id| id != FREE && id <= ID_MAX),
+            "{seen:?}"
+        );
+        // Past ID_MAX the ids came round (another test may take some in between).
+        assert!(seen.windows(2).any(|w| w[1] < w[0]), "{seen:?}");
+    }
 
     #[test]
     fn posts_reach_the_owner_and_only_the_owner() {

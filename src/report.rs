@@ -2,60 +2,178 @@
 //!
 //! Runs inside the allocator: it formats into a stack buffer with `core::fmt` (which does
 //! not allocate) and hands the bytes to `write(2)` directly, bypassing `std::io::stderr()`
-//! and its lock. Lines are rate-limited process-wide to one per second; the number of
-//! refusals not reported in between is added to the next line.
+//! and its lock.
+//!
+//! Lines are rate-limited process-wide by a token bucket: a burst of [`BURST`] lines may go
+//! out at once, then one per second, and a quiet second earns one line back (the generic
+//! cell rate algorithm, one compare-and-swap on one word). A burst rather than a strict one
+//! line per second because the refusal that matters most usually comes right after another:
+//! a program handles a fallible refusal (a smaller chunk, a refused query) and a moment
+//! later an infallible allocation is refused and the process aborts. With one line per
+//! second that last, fatal line was swallowed; with the burst it is lost only when more
+//! than `BURST` refusals came within the last seconds, and then the next line says how many
+//! were not shown. The line of a panicking thread whose overdraft is spent (the process
+//! aborts right after it) is never rate-limited.
 
 use crate::error::Exact;
+use core::cell::Cell;
 use core::fmt::{self, Write};
 use core::sync::atomic::{AtomicU64, Ordering};
 
-/// Seconds (monotonic clock) of the last line written, plus one; 0 = never.
-static LAST_LINE_SECS: AtomicU64 = AtomicU64::new(0);
+/// Lines that may go out at once before the rate limit applies.
+pub(crate) const BURST: u64 = 8;
+/// The steady rate: one line per this many milliseconds.
+const INTERVAL_MS: u64 = 1000;
+
+/// The bucket's theoretical arrival time (milliseconds on the monotonic clock): a line may
+/// go out while it is at most `(BURST - 1) * INTERVAL_MS` ahead of now.
+static NEXT_LINE_MS: AtomicU64 = AtomicU64::new(0);
 /// Refusals that fell inside the rate limit since the last line.
 static SUPPRESSED: AtomicU64 = AtomicU64::new(0);
 
-/// Writes `limited-allocator: refused ...` to stderr unless a line went out this second.
-pub(crate) fn refusal(requested: usize, current: usize, limit: usize) {
-    let now = monotonic_secs().saturating_add(1);
-    let last = LAST_LINE_SECS.load(Ordering::Relaxed);
-    if last == now
-        || LAST_LINE_SECS
-            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-            .is_err()
-    {
+thread_local! {
+    /// The full new size of the `realloc` whose growth this thread is charging on the slow
+    /// path (0 otherwise), so that its refusal line can name it. Set only around the slow
+    /// path, so the fast path pays nothing for it; `const` and without a destructor, so it
+    /// never allocates or registers anything.
+    static GROWING_TO: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Runs `f` (a realloc's slow-path charge) with `new_size` as the size a refusal names.
+#[inline]
+pub(crate) fn growing_to<R>(new_size: usize, f: impl FnOnce() -> R) -> R {
+    let _ = GROWING_TO.try_with(|c| c.set(new_size));
+    let r = f();
+    let _ = GROWING_TO.try_with(|c| c.set(0));
+    r
+}
+
+/// What was refused, for the line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refused {
+    /// An allocation (or a realloc's growth: the line then names the new size too).
+    Alloc,
+    /// An allocation inside an entered reservation with `Overflow::Refuse`, past its own
+    /// headroom; the allocator's budget may have had room.
+    Reservation { headroom: usize, used: usize },
+}
+
+/// Writes `limited-allocator: refused ...` to stderr unless the rate limit holds it back.
+pub(crate) fn refusal(requested: usize, current: usize, limit: usize, what: Refused) {
+    if !take_token(&NEXT_LINE_MS, monotonic_ms()) {
         SUPPRESSED.fetch_add(1, Ordering::Relaxed);
         return;
     }
     let suppressed = SUPPRESSED.swap(0, Ordering::Relaxed);
+    let growing_to = GROWING_TO.try_with(Cell::get).unwrap_or(0);
     let mut line = StackLine::new();
     // Formatting only fails when the line is full; a cut line is still worth writing.
-    let _ = write_refusal(&mut line, requested, current, limit, suppressed);
+    let _ = match what {
+        Refused::Alloc => {
+            write_refusal(&mut line, requested, growing_to, current, limit, suppressed)
+        }
+        Refused::Reservation { headroom, used } => {
+            write_reservation_refusal(&mut line, requested, growing_to, headroom, used, suppressed)
+        }
+    };
     line.finish_and_write();
 }
 
-fn write_refusal(
-    out: &mut StackLine,
-    requested: usize,
-    current: usize,
-    limit: usize,
-    suppressed: u64,
-) -> fmt::Result {
-    write!(
-        out,
-        "limited-allocator: refused {}: {} of the {} limit in use ({:.1}%), {} available",
+/// The line of a panicking thread whose emergency overdraft is spent; never rate-limited
+/// (the process aborts right after it).
+pub(crate) fn overdraft_spent(requested: usize, current: usize, limit: usize, allowance: usize) {
+    let mut line = StackLine::new();
+    let _ = write!(
+        line,
+        "limited-allocator: refused {} to a panicking thread: {} in use, the {} limit and its \
+         {} emergency overdraft are spent; aborting rather than hang the panic",
         Exact(requested),
         Exact(current),
         Exact(limit),
-        crate::error::percent(current, limit),
-        Exact(limit.saturating_sub(current)),
-    )?;
+        Exact(allowance),
+    );
+    line.finish_and_write();
+}
+
+/// The token bucket (GCRA): takes one line's token at `now` if there is one.
+fn take_token(bucket: &AtomicU64, now: u64) -> bool {
+    let burst_ahead = (BURST - 1) * INTERVAL_MS;
+    let mut next = bucket.load(Ordering::Relaxed);
+    loop {
+        if next > now.saturating_add(burst_ahead) {
+            return false;
+        }
+        let later = next.max(now) + INTERVAL_MS;
+        // Relaxed: the word orders nothing but itself; a lost race only retries.
+        match bucket.compare_exchange_weak(next, later, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return true,
+            Err(seen) => next = seen,
+        }
+    }
+}
+
+/// What a refused request was, for the line: a realloc names its full new size too.
+fn write_request(out: &mut StackLine, requested: usize, growing_to: usize) -> fmt::Result {
+    if growing_to > requested {
+        write!(
+            out,
+            "{} (the growth of a realloc to {})",
+            Exact(requested),
+            Exact(growing_to)
+        )
+    } else {
+        write!(out, "{}", Exact(requested))
+    }
+}
+
+fn write_suppressed(out: &mut StackLine, suppressed: u64) -> fmt::Result {
     if suppressed > 0 {
         write!(out, "; {suppressed} earlier refusals not shown")?;
     }
     Ok(())
 }
 
-fn monotonic_secs() -> u64 {
+fn write_reservation_refusal(
+    out: &mut StackLine,
+    requested: usize,
+    growing_to: usize,
+    headroom: usize,
+    used: usize,
+    suppressed: u64,
+) -> fmt::Result {
+    out.write_str("limited-allocator: refused ")?;
+    write_request(out, requested, growing_to)?;
+    write!(
+        out,
+        " by the entered reservation's own budget (Overflow::Refuse): {} headroom left, {} used",
+        Exact(headroom),
+        Exact(used),
+    )?;
+    write_suppressed(out, suppressed)
+}
+
+fn write_refusal(
+    out: &mut StackLine,
+    requested: usize,
+    growing_to: usize,
+    current: usize,
+    limit: usize,
+    suppressed: u64,
+) -> fmt::Result {
+    out.write_str("limited-allocator: refused ")?;
+    write_request(out, requested, growing_to)?;
+    write!(
+        out,
+        ": {} of the {} limit in use ({:.1}%), {} available",
+        Exact(current),
+        Exact(limit),
+        crate::error::percent(current, limit),
+        Exact(limit.saturating_sub(current)),
+    )?;
+    write_suppressed(out, suppressed)
+}
+
+fn monotonic_ms() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
@@ -64,7 +182,7 @@ fn monotonic_secs() -> u64 {
     // the platforms libc exposes it for. On failure `ts` stays zero, which only weakens
     // the rate limit.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64
+    (ts.tv_sec as u64).saturating_mul(1000) + ts.tv_nsec as u64 / 1_000_000
 }
 
 /// A fixed-size line buffer on the stack; writes past its end are cut, never allocated.
@@ -118,13 +236,56 @@ mod tests {
     #[test]
     fn line_names_the_numbers() {
         let mut line = StackLine::new();
-        write_refusal(&mut line, 4096, 1900, 2048, 3).unwrap();
+        write_refusal(&mut line, 4096, 0, 1900, 2048, 3).unwrap();
         let text = core::str::from_utf8(&line.buf[..line.len]).unwrap();
         assert_eq!(
             text,
             "limited-allocator: refused 4096 bytes: 1900 bytes of the 2048 bytes limit in use \
              (92.8%), 148 bytes available; 3 earlier refusals not shown"
         );
+    }
+
+    #[test]
+    fn a_realloc_names_its_new_size_and_a_reservation_its_budget() {
+        let mut line = StackLine::new();
+        write_refusal(&mut line, 3000, 4096, 1900, 2048, 0).unwrap();
+        let text = core::str::from_utf8(&line.buf[..line.len]).unwrap();
+        assert!(
+            text.starts_with(
+                "limited-allocator: refused 3000 bytes (the growth of a realloc to 4096 bytes): \
+                 1900 bytes"
+            ),
+            "{text}"
+        );
+        let mut line = StackLine::new();
+        write_reservation_refusal(&mut line, 300, 0, 200, 800, 0).unwrap();
+        let text = core::str::from_utf8(&line.buf[..line.len]).unwrap();
+        assert_eq!(
+            text,
+            "limited-allocator: refused 300 bytes by the entered reservation's own budget \
+             (Overflow::Refuse): 200 bytes headroom left, 800 bytes used"
+        );
+    }
+
+    #[test]
+    fn the_bucket_lets_a_burst_through_then_one_line_a_second() {
+        let bucket = AtomicU64::new(0);
+        let start = 10_000_000;
+        let granted = (0..20).filter(|_| take_token(&bucket, start)).count() as u64;
+        assert_eq!(granted, BURST);
+        assert!(
+            !take_token(&bucket, start + 999),
+            "no token back within the second"
+        );
+        assert!(
+            take_token(&bucket, start + 1000),
+            "a quiet second earns one line"
+        );
+        assert!(!take_token(&bucket, start + 1000));
+        // After a long quiet spell the whole burst is back, never more.
+        let later = start + 3_600_000;
+        let granted = (0..20).filter(|_| take_token(&bucket, later)).count() as u64;
+        assert_eq!(granted, BURST);
     }
 
     #[test]

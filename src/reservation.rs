@@ -13,6 +13,14 @@
 //! Bytes allocated inside an entered reservation stay charged to the allocator after the
 //! reservation is dropped (they are live memory); only the unspent headroom is released.
 //! So memory allocated inside and freed outside, or the reverse, never drifts the count.
+//! What the reservation itself counts as [`used`](Reservation::used) follows a rule of its
+//! own, documented there: it is let go when the reservation is left everywhere.
+//!
+//! With [`Overflow::Refuse`], a request past the reservation's headroom is the
+//! reservation's refusal: counted in [`Reservation::refusals`], not in the allocator's
+//! `refusals`, with no recall of other threads' credit (the shared budget had no part in
+//! it), and its stderr line says it was the reservation's budget. Under `Overflow::Grow`,
+//! a request the shared budget cannot cover either is the allocator's refusal too.
 
 use crate::accounting::Core;
 use crate::error::LimitExceeded;
@@ -41,20 +49,24 @@ pub enum Overflow {
     Refuse,
 }
 
-/// Held headroom value that marks a dropped reservation.
-const CLOSED: usize = usize::MAX;
-
 /// The part of a reservation that entered threads reach through their thread-local entry.
 /// Heap-allocated and reference-counted (one reference for the [`Reservation`], one for
 /// each thread entry pointing at it), so a leaked or out-of-order [`EnterGuard`] cannot
 /// leave a thread pointing at freed memory.
 pub(crate) struct ReservationState {
     refs: AtomicUsize,
-    /// Charged headroom not yet spent, or [`CLOSED`].
+    /// Charged headroom not yet spent. Any value, `usize::MAX` included (a reservation of
+    /// everything on an unlimited instance): whether the reservation was dropped is
+    /// `closed`, never a value of this.
     held: AtomicUsize,
+    /// Set by the guard's drop, before it takes `held`: see [`give`](Self::give).
+    closed: AtomicBool,
     /// Bytes allocated through the reservation while entered, net of frees given back.
     used: AtomicUsize,
     peak_used: AtomicUsize,
+    /// Enter-stack frames (on any thread) that hold this state; when the last one goes, the
+    /// reservation is left everywhere and `used` is let go (see [`Reservation::used`]).
+    frames: AtomicUsize,
     refuse: AtomicBool,
     refusals: AtomicU64,
 }
@@ -70,8 +82,10 @@ impl ReservationState {
         let state = Self {
             refs: AtomicUsize::new(1),
             held: AtomicUsize::new(held),
+            closed: AtomicBool::new(false),
             used: AtomicUsize::new(0),
             peak_used: AtomicUsize::new(0),
+            frames: AtomicUsize::new(0),
             refuse: AtomicBool::new(false),
             refusals: AtomicU64::new(0),
         };
@@ -104,13 +118,30 @@ impl ReservationState {
         }
     }
 
+    /// A frame of an enter stack now holds this state.
+    fn entered(&self) {
+        self.frames.fetch_add(1, Relaxed);
+    }
+
+    /// A frame holding this state was removed; the last one lets `used` go: what was
+    /// allocated inside and is still live is the allocator's plain memory from now on, so
+    /// frees outside (which the reservation cannot see) cannot leave it counted forever.
+    fn left(&self) {
+        if self.frames.fetch_sub(1, Relaxed) == 1 {
+            self.used.store(0, Relaxed);
+        }
+    }
+
     /// Spends `size` bytes of headroom for an entered allocation.
     pub(crate) fn take(&self, size: usize) -> bool {
+        // Relaxed: a dropped reservation has nothing left to take (its drop took `held`);
+        // this only saves the attempt. The bytes in `held` are charged either way.
+        if self.closed.load(Relaxed) {
+            return false;
+        }
         let taken = self
             .held
-            .fetch_update(AcqRel, Acquire, |h| {
-                (h != CLOSED && h >= size).then(|| h - size)
-            })
+            .fetch_update(AcqRel, Acquire, |h| (h >= size).then(|| h - size))
             .is_ok();
         if taken {
             self.note_growth(size);
@@ -135,14 +166,31 @@ impl ReservationState {
         if back == 0 {
             return 0;
         }
-        let added = self
-            .held
-            .fetch_update(AcqRel, Acquire, |h| (h != CLOSED).then(|| h + back));
-        if added.is_ok() {
-            back
-        } else {
-            0
+        // Dekker with the guard's drop (`close`): here `held += back`, then `closed` is
+        // read; there `closed` is set, then `held` is taken. SeqCst on all four, so that
+        // either this read sees `closed` (then the bytes may or may not have been taken by
+        // the drop, and whatever of them is still in `held` is taken back out here and
+        // returned to the caller), or the drop's take comes after this addition and
+        // releases the bytes with the rest. Each giver takes out at most what it added, so
+        // after the drop and every racing give, `held` is 0: nothing stays charged.
+        // (loom checks SeqCst as AcqRel; this argument is what covers the store-load.)
+        self.held.fetch_add(back, SeqCst);
+        if !self.closed.load(SeqCst) {
+            return back;
         }
+        let out = self
+            .held
+            .fetch_update(SeqCst, SeqCst, |h| Some(h - h.min(back)))
+            .unwrap_or(0)
+            .min(back);
+        back - out
+    }
+
+    /// Closes the reservation (its guard drops) and takes its unspent headroom: the bytes
+    /// to uncharge. See [`give`](Self::give) for the handshake.
+    fn close(&self) -> usize {
+        self.closed.store(true, SeqCst);
+        self.held.swap(0, SeqCst)
     }
 
     pub(crate) fn may_grow(&self) -> bool {
@@ -153,11 +201,18 @@ impl ReservationState {
         self.refusals.fetch_add(1, Relaxed);
     }
 
+    /// Bytes allocated through the reservation while entered, net of frees given back.
+    pub(crate) fn used(&self) -> usize {
+        self.used.load(Relaxed)
+    }
+
+    /// Charged headroom not yet spent (0 once closed).
+    pub(crate) fn headroom(&self) -> usize {
+        self.held()
+    }
+
     fn held(&self) -> usize {
-        match self.held.load(Acquire) {
-            CLOSED => 0,
-            h => h,
-        }
+        self.held.load(Acquire)
     }
 }
 
@@ -238,7 +293,18 @@ impl<'a, A> Reservation<'a, A> {
         self.state().held()
     }
 
-    /// Bytes allocated through the reservation while entered and not yet freed.
+    /// Bytes allocated through the reservation while entered and not yet freed while
+    /// entered.
+    ///
+    /// The rule: a block belongs to the reservation from its allocation inside until it is
+    /// freed inside (by any thread entered in it) or until the reservation is left
+    /// everywhere (its last [`EnterGuard`] drops), whichever comes first. A block freed
+    /// outside (by a thread not entered in it) cannot be seen, so it stays counted until
+    /// then; after that, what is still live is plain memory of the allocator (still
+    /// charged, exactly), and `used` starts again from 0. So `used` never grows across
+    /// enterings; within one, blocks handed to other threads and freed there keep it high
+    /// (bounded by what was allocated inside). [`peak_used`](Self::peak_used) keeps the
+    /// highest value.
     ///
     /// ```
     /// let a = limited_allocator::LimitedAllocator::new(std::alloc::System, 100);
@@ -336,11 +402,8 @@ impl<'a, A> Reservation<'a, A> {
 
     /// Adds bytes already charged to the budget to this reservation's headroom.
     fn add_headroom(&self, bytes: usize) {
-        let added = self
-            .state()
-            .held
-            .fetch_update(AcqRel, Acquire, |h| (h != CLOSED).then(|| h + bytes));
-        debug_assert!(added.is_ok(), "a live reservation is never closed");
+        // A live reservation (this guard is borrowed) is never closed.
+        self.state().held.fetch_add(bytes, AcqRel);
         self.owner.core().add_reserved(bytes);
     }
 
@@ -357,7 +420,7 @@ impl<'a, A> Reservation<'a, A> {
         let before = self
             .state()
             .held
-            .fetch_update(AcqRel, Acquire, |h| (h != CLOSED).then(|| h - h.min(bytes)))
+            .fetch_update(AcqRel, Acquire, |h| Some(h - h.min(bytes)))
             .unwrap_or(0);
         let given = before.min(bytes);
         let core = self.owner.core();
@@ -426,6 +489,19 @@ impl<'a, A> Reservation<'a, A> {
         }
     }
 
+    /// Holds the reservation as entered between an async task's polls, until
+    /// [`unhold`](Self::unhold): what [`scope`](Self::scope) keeps from its creation to its
+    /// drop. It counts as one more frame, so the reservation is not "left everywhere"
+    /// (which lets `used` go) while no thread has it entered between two polls.
+    pub(crate) fn hold(&self) {
+        self.state().entered();
+    }
+
+    /// Gives back a [`hold`](Self::hold); the last frame or hold to go lets `used` go.
+    pub(crate) fn unhold(&self) {
+        self.state().left();
+    }
+
     /// Like [`enter`](Self::enter), but says so instead of panicking when the allocator
     /// cannot serve entered reservations.
     ///
@@ -440,11 +516,14 @@ impl<'a, A> Reservation<'a, A> {
         let ptr = self.state.as_ptr().cast_const();
         self.state().retain();
         match core.enter(ptr) {
-            Some(frame) => Ok(EnterGuard {
-                core,
-                frame,
-                _not_send: PhantomData,
-            }),
+            Some(frame) => {
+                self.state().entered(); // the frame holds it now
+                Ok(EnterGuard {
+                    core,
+                    frame,
+                    _not_send: PhantomData,
+                })
+            }
             None => {
                 // SAFETY: we own the reference taken just above and drop it here.
                 unsafe { ReservationState::release(self.state) };
@@ -467,10 +546,7 @@ impl<A> fmt::Debug for Reservation<'_, A> {
 
 impl<A> Drop for Reservation<'_, A> {
     fn drop(&mut self) {
-        let held = match self.state().held.swap(CLOSED, AcqRel) {
-            CLOSED => 0,
-            h => h,
-        };
+        let held = self.state().close();
         let core = self.owner.core();
         core.uncharge(held);
         core.sub_reserved(held);
@@ -527,9 +603,12 @@ impl Drop for EnterGuard<'_> {
         self.core.leave(self.frame, |removed| {
             if let Some(ptr) = NonNull::new(removed.cast_mut()) {
                 // SAFETY: `leave` hands over the reference a removed frame held for `ptr`, a
-                // state from `ReservationState::allocate`; the frame is gone and no entry
-                // points at it any more.
-                unsafe { ReservationState::release(ptr) };
+                // state from `ReservationState::allocate`, so it is alive until released
+                // here; the frame is gone and no entry points at it any more.
+                unsafe {
+                    ptr.as_ref().left();
+                    ReservationState::release(ptr);
+                }
             }
         });
     }
@@ -538,3 +617,35 @@ impl Drop for EnterGuard<'_> {
 // Keep `GlobalAlloc` in scope for the docs' intra-doc links.
 #[allow(unused_imports)]
 use GlobalAlloc as _;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A refusal over a refusing reservation's headroom recalls no thread's credit (the
+    /// credit epoch stays), while one of the shared budget does.
+    #[test]
+    fn a_local_refusal_recalls_no_credit() {
+        let a = LimitedAllocator::new(System, 1 << 20);
+        a.set_refusal_reporting(false);
+        let layout = Layout::from_size_align(2000, 8).unwrap();
+        let r = a.try_reserve(1000).unwrap();
+        r.set_overflow(Overflow::Refuse);
+        let guard = r.enter();
+        let epoch = a.core().token_now();
+        // SAFETY: a non-zero layout; the call is refused, so nothing is to be freed.
+        assert!(unsafe { a.alloc(layout) }.is_null());
+        assert_eq!(
+            a.core().token_now(),
+            epoch,
+            "a local refusal recalled credit"
+        );
+        drop(guard);
+        assert!(a.try_reserve(2 << 20).is_err());
+        assert_ne!(
+            a.core().token_now(),
+            epoch,
+            "the budget's refusal recalls it"
+        );
+    }
+}

@@ -32,7 +32,9 @@ pub struct AllocatorStats {
     /// Successful `realloc` calls.
     pub reallocations: u64,
     /// Requests refused because they would have exceeded the limit (allocations, reallocations
-    /// and reservations alike).
+    /// and reservations alike). A request over the headroom of an entered reservation with
+    /// [`Overflow::Refuse`](crate::Overflow::Refuse) is that reservation's refusal
+    /// ([`Reservation::refusals`](crate::Reservation::refusals)), not counted here.
     pub refusals: u64,
     /// Sum of the bytes of all refused requests.
     pub refused_bytes: u64,
@@ -56,6 +58,16 @@ pub struct AllocatorStats {
     pub pool_claimed_bytes: usize,
     /// The pressure level for `current_bytes` against `limit_bytes`.
     pub pressure: PressureLevel,
+    /// The emergency overdraft a panicking thread may take past the limit
+    /// ([`set_panic_overdraft`](crate::LimitedAllocator::set_panic_overdraft)).
+    pub overdraft_limit_bytes: usize,
+    /// Requests of panicking threads served past the limit by the overdraft.
+    pub overdraft_grants: u64,
+    /// Sum of the bytes those requests took.
+    pub overdraft_bytes: u64,
+    /// The highest charge above the limit the overdraft reached (0 if never used): reported
+    /// here, apart from `peak_bytes`, which stays within the limit.
+    pub overdraft_peak_bytes: usize,
 }
 
 impl AllocatorStats {

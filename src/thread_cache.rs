@@ -17,9 +17,15 @@
 //!
 //! Storage: a `const`-initialised `thread_local!` without a destructor, so access is a
 //! plain TLS offset and never allocates or registers anything. Returning credit at thread
-//! exit needs a destructor, which lives in a second thread-local that is touched once per
-//! thread (registering it may allocate, so re-entrant calls during registration are sent
-//! down the exact path).
+//! exit needs a destructor, registered once per thread (registering may allocate, so
+//! re-entrant calls during registration are sent down the exact path). On unix it is a
+//! `pthread_key_create` destructor, not std's thread-local destructor list: on targets
+//! without `__cxa_thread_atexit_impl` (macOS, musl, the BSDs) that list grew through the
+//! global allocator before std 1.93, and registering into it from inside the allocator
+//! aborted with "the global allocator may not use TLS with destructors". A pthread key's
+//! destructor also runs after std's thread-local destructors (glibc, musl and macOS run key
+//! destructors last), so their allocations and frees still use the credit. Elsewhere
+//! (Windows) it is a thread-local with a destructor, which needs std 1.93 or later.
 
 use crate::accounting::HOLD_MAX;
 use crate::registry::{self, Post, CACHED_SLOTS};
@@ -29,37 +35,37 @@ use core::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 /// Token bit layout; see the module docs.
 pub(crate) mod token {
-    pub const SLOT_MASK: u64 = 0x3ff;
+    pub(crate) const SLOT_MASK: u64 = 0x3ff;
     /// The slot value of an instance without a slot (or not yet registered).
-    pub const NO_SLOT: u64 = SLOT_MASK;
-    pub const EPOCH_SHIFT: u32 = 10;
-    pub const EPOCH_MASK: u64 = 0x3fff << EPOCH_SHIFT;
-    pub const ID_SHIFT: u32 = 24;
-    pub const ID_MASK: u64 = ((1 << 38) - 1) << ID_SHIFT;
+    pub(crate) const NO_SLOT: u64 = SLOT_MASK;
+    pub(crate) const EPOCH_SHIFT: u32 = 10;
+    pub(crate) const EPOCH_MASK: u64 = 0x3fff << EPOCH_SHIFT;
+    pub(crate) const ID_SHIFT: u32 = 24;
+    pub(crate) const ID_MASK: u64 = ((1 << 38) - 1) << ID_SHIFT;
     /// Set on an entry (never on an instance's token) while a reservation is entered.
-    pub const ENTERED: u64 = 1 << 63;
+    pub(crate) const ENTERED: u64 = 1 << 63;
     /// Set on an entry (never on an instance's token) while the instance is over its limit
     /// (lowered limit, overfilled pool): the thread then neither spends nor keeps credit.
-    pub const PARKED: u64 = 1 << 62;
+    pub(crate) const PARKED: u64 = 1 << 62;
     /// The entry-only flags.
-    pub const FLAGS: u64 = ENTERED | PARKED;
+    pub(crate) const FLAGS: u64 = ENTERED | PARKED;
     /// An instance's token before its first slow-path call.
-    pub const UNREGISTERED: u64 = NO_SLOT;
+    pub(crate) const UNREGISTERED: u64 = NO_SLOT;
 
-    pub const fn slot(token: u64) -> usize {
+    pub(crate) const fn slot(token: u64) -> usize {
         (token & SLOT_MASK) as usize
     }
 
-    pub const fn id(token: u64) -> u64 {
+    pub(crate) const fn id(token: u64) -> u64 {
         (token & ID_MASK) >> ID_SHIFT
     }
 
-    pub const fn make(id: u64, slot: u64) -> u64 {
+    pub(crate) const fn make(id: u64, slot: u64) -> u64 {
         ((id << ID_SHIFT) & ID_MASK) | (slot & SLOT_MASK)
     }
 
     /// The same token with the epoch advanced (wrapping within its 14 bits).
-    pub const fn next_epoch(token: u64) -> u64 {
+    pub(crate) const fn next_epoch(token: u64) -> u64 {
         let epoch = (token & EPOCH_MASK).wrapping_add(1 << EPOCH_SHIFT) & EPOCH_MASK;
         (token & !EPOCH_MASK) | epoch
     }
@@ -156,24 +162,24 @@ impl Entry {
 
     /// Bytes charged to the budget and not yet spent by this thread.
     #[inline]
-    pub fn credit(&self) -> usize {
+    pub(crate) fn credit(&self) -> usize {
         self.low.get() + self.above.get()
     }
 
     /// The most credit frees may leave this thread holding.
     #[inline]
-    pub fn hold(&self) -> usize {
+    pub(crate) fn hold(&self) -> usize {
         self.hold_units.get() as usize * HOLD_UNIT
     }
 
     /// The lowest credit since the window opened.
     #[cfg(test)]
-    pub fn low(&self) -> usize {
+    pub(crate) fn low(&self) -> usize {
         self.low.get()
     }
 
     /// Sets the credit, keeping the hold; a credit below the low-water mark is the new low.
-    pub fn set_credit(&self, credit: usize) {
+    pub(crate) fn set_credit(&self, credit: usize) {
         let low = self.low.get().min(credit);
         self.set_low(low);
         self.above.set(credit - low);
@@ -189,7 +195,7 @@ impl Entry {
     /// Takes `bytes` out of the credit to hand them back to the budget. Not usage: if the
     /// credit falls below the low-water mark, the window's base charge falls with it, so
     /// that the window's peak candidate (base minus low) stays what it was.
-    pub fn hand_back(&self, bytes: usize) {
+    pub(crate) fn hand_back(&self, bytes: usize) {
         let credit = self.credit() - bytes;
         let low = self.low.get();
         if credit < low {
@@ -201,20 +207,20 @@ impl Entry {
 
     /// Sets the hold allowance, rounded down to a multiple of [`HOLD_UNIT`] and at most
     /// [`HOLD_MAX`].
-    pub fn set_hold(&self, hold: usize) {
+    pub(crate) fn set_hold(&self, hold: usize) {
         self.hold_units.set((hold.min(HOLD_MAX) / HOLD_UNIT) as u16);
         self.set_low(self.low.get());
     }
 
     /// Opens a new low-water window at the current credit.
-    pub fn reset_low(&self) {
+    pub(crate) fn reset_low(&self) {
         self.set_low(self.credit());
         self.above.set(0);
     }
 
     /// Counts one operation; true when the counts should be published now.
     #[inline(always)]
-    pub fn count(&self, op: Op) -> bool {
+    pub(crate) fn count(&self, op: Op) -> bool {
         let left = match op {
             Op::Alloc => &self.allocs_left,
             Op::Realloc => &self.reallocs_left,
@@ -230,7 +236,7 @@ impl Entry {
     }
 
     /// Operations counted and not yet published: (allocs, deallocs, reallocs).
-    pub fn pending(&self) -> (u64, u64, u64) {
+    pub(crate) fn pending(&self) -> (u64, u64, u64) {
         let p = |left: &Cell<u16>| PUBLISH_EVERY.wrapping_sub(left.get()) as u64;
         (
             p(&self.allocs_left),
@@ -241,12 +247,12 @@ impl Entry {
 
     /// The largest usage this thread saw in the current window: the window's base charge
     /// minus the least credit held since.
-    pub fn peak_candidate(&self) -> usize {
+    pub(crate) fn peak_candidate(&self) -> usize {
         self.base.get().saturating_sub(self.low.get())
     }
 
     /// Takes the pending counts, leaving zeros.
-    pub fn take_counts(&self) -> (u64, u64, u64) {
+    pub(crate) fn take_counts(&self) -> (u64, u64, u64) {
         let counts = self.pending();
         self.reset_counts();
         counts
@@ -259,7 +265,7 @@ impl Entry {
     }
 
     /// Forgets everything (the instance it served is gone).
-    pub fn clear(&self, token: u64) {
+    pub(crate) fn clear(&self, token: u64) {
         self.token.set(token);
         self.above.set(0);
         self.low.set(0);
@@ -277,7 +283,7 @@ impl Entry {
     /// every earlier point of the window) moves `low` and `ceiling`, on a branch of its
     /// own.
     #[inline(always)]
-    pub fn try_spend(&self, token: u64, size: usize, op: Op) -> Spent {
+    pub(crate) fn try_spend(&self, token: u64, size: usize, op: Op) -> Spent {
         if self.token.get() != token {
             return Spent::No;
         }
@@ -321,7 +327,7 @@ impl Entry {
     /// Tries to take `size` freed bytes back as credit for `token`: the fast path of
     /// `dealloc`. Refuses when that would hold more than `hold`.
     #[inline(always)]
-    pub fn try_refund(&self, token: u64, size: usize, op: Op) -> Spent {
+    pub(crate) fn try_refund(&self, token: u64, size: usize, op: Op) -> Spent {
         if self.token.get() != token {
             return Spent::No;
         }
@@ -382,7 +388,7 @@ impl EnterStack {
 
     /// Pushes a live frame (taking over the caller's reference to `state`); its index, or
     /// `None` when the stack is full.
-    pub fn push(&self, id: u64, state: *const ReservationState) -> Option<usize> {
+    pub(crate) fn push(&self, id: u64, state: *const ReservationState) -> Option<usize> {
         let len = self.len.get();
         let frame = self.frames.get(len)?;
         frame.set(Frame {
@@ -396,7 +402,11 @@ impl EnterStack {
 
     /// Marks frame `index` dead and removes the dead frames on top. Returns the removed
     /// frames' states (whose references the caller now owns) in `out`, and how many.
-    pub fn kill(&self, index: usize, out: &mut [*const ReservationState; MAX_ENTERED]) -> usize {
+    pub(crate) fn kill(
+        &self,
+        index: usize,
+        out: &mut [*const ReservationState; MAX_ENTERED],
+    ) -> usize {
         if let Some(frame) = self.frames.get(index) {
             let mut f = frame.get();
             f.live = false;
@@ -414,7 +424,7 @@ impl EnterStack {
     }
 
     /// The innermost live frame's state for instance `id`, or null.
-    pub fn innermost(&self, id: u64) -> *const ReservationState {
+    pub(crate) fn innermost(&self, id: u64) -> *const ReservationState {
         self.frames[..self.len.get()]
             .iter()
             .rev()
@@ -461,7 +471,7 @@ impl ThreadCache {
 
     /// The entry for a token's slot, if the slot is a cached one.
     #[inline(always)]
-    pub fn entry(&self, token: u64) -> Option<&Entry> {
+    pub(crate) fn entry(&self, token: u64) -> Option<&Entry> {
         self.entries.get(token::slot(token))
     }
 
@@ -472,7 +482,7 @@ impl ThreadCache {
     /// of its own slot (see `Core::sync_entry`), and no token is 0, so a stale offset (0
     /// before registration), an uncached slot or `UNREGISTERED` never matches.
     #[inline(always)]
-    pub fn fast_entry(&self, at: &EntryAt) -> &Entry {
+    pub(crate) fn fast_entry(&self, at: &EntryAt) -> &Entry {
         let offset = at.0.load(Relaxed);
         // SAFETY: `offset` is `slot * size_of::<Entry>()` for some `slot < CACHED_SLOTS`
         // (the only values an `EntryAt` holds), so it points at an element of `entries`,
@@ -494,12 +504,12 @@ impl ThreadCache {
 pub(crate) struct EntryAt(AtomicUsize);
 
 impl EntryAt {
-    pub const fn new() -> Self {
+    pub(crate) const fn new() -> Self {
         Self(AtomicUsize::new(0))
     }
 
     /// Points at `slot`'s entry; masked to a cached slot (callers pass one).
-    pub fn set(&self, slot: usize) {
+    pub(crate) fn set(&self, slot: usize) {
         let slot = slot & (CACHED_SLOTS - 1);
         self.0.store(slot * core::mem::size_of::<Entry>(), Relaxed);
     }
@@ -508,6 +518,10 @@ impl EntryAt {
 thread_local! {
     static CACHE: ThreadCache = const { ThreadCache::new() };
     static ENTERED: EnterStack = const { EnterStack::new() };
+}
+
+#[cfg(not(unix))]
+thread_local! {
     static EXIT: ExitGuard = const { ExitGuard };
 }
 
@@ -551,12 +565,11 @@ pub(crate) fn with_live_cache<R>(f: impl FnOnce(&ThreadCache) -> R) -> Option<R>
             LIVE => {}
             FRESH => {
                 cache.state.set(REGISTERING);
-                // Touching EXIT registers its destructor; that may allocate and re-enter
-                // the allocator, which then sees REGISTERING and takes the exact path.
-                // `try_with` because a thread's first allocation may come from another
-                // thread-local's destructor, when registering is no longer possible: then
-                // this thread never holds credit.
-                let registered = EXIT.try_with(|_| {}).is_ok();
+                // Registering may allocate and re-enter the allocator, which then sees
+                // REGISTERING and takes the exact path. It fails when a thread's first
+                // allocation comes from a destructor at its exit, when registering is no
+                // longer possible: then this thread never holds credit.
+                let registered = register_exit_hook();
                 cache.state.set(if registered { LIVE } else { EXITED });
                 if !registered {
                     return None;
@@ -574,33 +587,96 @@ pub(crate) fn with_enter_stack<R>(f: impl FnOnce(&EnterStack) -> R) -> Option<R>
     ENTERED.try_with(f).ok()
 }
 
-/// Returns every entry's credit and counts through the registry when its thread exits.
+/// Registers this thread's exit hook ([`return_all_credit`]); false if that is not possible
+/// (the thread is exiting already).
+#[cfg(not(unix))]
+fn register_exit_hook() -> bool {
+    // Touching EXIT registers its destructor. `try_with`: not possible once the thread's
+    // thread-locals are being destroyed.
+    EXIT.try_with(|_| {}).is_ok()
+}
+
+/// Runs [`return_all_credit`] when its thread exits (not unix: see the module docs).
+#[cfg(not(unix))]
 struct ExitGuard;
 
+#[cfg(not(unix))]
 impl Drop for ExitGuard {
     fn drop(&mut self) {
-        CACHE.with(|cache| {
-            cache.state.set(EXITED);
-            for (slot, entry) in cache.entries.iter().enumerate() {
-                let token = entry.token.get();
-                if token == 0 {
-                    continue;
-                }
-                let (allocs, deallocs, reallocs) = entry.take_counts();
-                let post = Post {
-                    returned: entry.credit(),
-                    added: 0,
-                    allocs,
-                    deallocs,
-                    reallocs,
-                    peak: entry.peak_candidate(),
-                    ..Post::default()
-                };
-                registry::post(slot, token::id(token), post);
-                entry.clear(0);
-            }
-        });
+        return_all_credit();
     }
+}
+
+/// Registers this thread's exit hook ([`return_all_credit`]): a non-null value for the
+/// process's pthread key, whose destructor runs at the thread's exit. False if that is not
+/// possible. The key is made once per process; threads that race to make it each make one
+/// and all but the first delete theirs, so nobody waits.
+#[cfg(unix)]
+fn register_exit_hook() -> bool {
+    use core::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+    /// The key plus one; 0 until made.
+    static KEY: AtomicUsize = AtomicUsize::new(0);
+    let key = match KEY.load(Relaxed) {
+        0 => {
+            let mut key: libc::pthread_key_t = 0;
+            // SAFETY: `key` is a valid out-pointer; the destructor has the signature
+            // pthread expects and never unwinds.
+            if unsafe { libc::pthread_key_create(&mut key, Some(exit_hook)) } != 0 {
+                return false;
+            }
+            // Relaxed: the key is a plain number; nothing else is published with it.
+            match KEY.compare_exchange(0, key as usize + 1, Relaxed, Relaxed) {
+                Ok(_) => key,
+                Err(first) => {
+                    // SAFETY: our own key, not handed to anyone.
+                    unsafe { libc::pthread_key_delete(key) };
+                    (first - 1) as libc::pthread_key_t
+                }
+            }
+        }
+        plus_one => (plus_one - 1) as libc::pthread_key_t,
+    };
+    // Any non-null value: pthread only runs the destructor for keys whose value is set.
+    let mark = core::ptr::NonNull::<u8>::dangling()
+        .as_ptr()
+        .cast::<libc::c_void>();
+    // SAFETY: `key` was made by pthread_key_create above (here or on another thread) and is
+    // never deleted once stored.
+    unsafe { libc::pthread_setspecific(key, mark) == 0 }
+}
+
+/// The pthread key's destructor: this thread is exiting.
+#[cfg(unix)]
+extern "C" fn exit_hook(_: *mut libc::c_void) {
+    return_all_credit();
+}
+
+/// Returns every entry's credit, hold and counts through the registry when its thread
+/// exits, and marks the cache exited (later calls on this thread are exact).
+fn return_all_credit() {
+    CACHE.with(|cache| {
+        cache.state.set(EXITED);
+        for (slot, entry) in cache.entries.iter().enumerate() {
+            let token = entry.token.get();
+            if token == 0 {
+                continue;
+            }
+            let (allocs, deallocs, reallocs) = entry.take_counts();
+            let post = Post {
+                returned: entry.credit(),
+                added: 0,
+                allocs,
+                deallocs,
+                reallocs,
+                peak: entry.peak_candidate(),
+                peak_gen: entry.peak_gen.get(),
+                hold: entry.hold(),
+                ..Post::default()
+            };
+            registry::post(slot, token::id(token), post);
+            entry.clear(0);
+        }
+    });
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! and (feature `timeline`) an SVG chart of it.
 //!
 //! The monitor records one [`TimelinePoint`] per sample when built with
-//! [`MonitorBuilder::record_timeline`](crate::MonitorBuilder::record_timeline). A timeline
+//! [`MonitorBuilder::record_timeline`](crate::monitor::MonitorBuilder::record_timeline). A timeline
 //! holds at most its capacity of points; when full it drops every second point, so a long
 //! run keeps its whole shape at a coarser resolution instead of losing its beginning.
 //!
@@ -16,7 +16,8 @@ use std::time::Duration;
 /// One recorded sample.
 ///
 /// ```
-/// use limited_allocator::{PressureLevel, TimelinePoint};
+/// use limited_allocator::PressureLevel;
+/// use limited_allocator::timeline::TimelinePoint;
 /// use std::time::Duration;
 /// let p = TimelinePoint {
 ///     elapsed: Duration::from_secs(1),
@@ -49,7 +50,8 @@ impl TimelinePoint {
     /// The limit to draw: the allocator's, else the process limit.
     ///
     /// ```
-    /// # use limited_allocator::{PressureLevel, TimelinePoint};
+    /// # use limited_allocator::PressureLevel;
+    /// # use limited_allocator::timeline::TimelinePoint;
     /// # use std::time::Duration;
     /// let p = TimelinePoint { elapsed: Duration::ZERO, allocated_bytes: None, rss_bytes: None,
     ///     allocator_limit_bytes: None, process_limit_bytes: Some(5), level: PressureLevel::Low };
@@ -64,7 +66,8 @@ impl TimelinePoint {
 /// long run keeps its whole shape at a coarser resolution.
 ///
 /// ```
-/// use limited_allocator::{PressureLevel, Timeline, TimelinePoint};
+/// use limited_allocator::PressureLevel;
+/// use limited_allocator::timeline::{Timeline, TimelinePoint};
 /// use std::time::Duration;
 /// let mut t = Timeline::with_capacity(4);
 /// for i in 0..10u64 {
@@ -95,7 +98,7 @@ impl Timeline {
     /// An empty timeline holding at most `capacity` points (at least 2).
     ///
     /// ```
-    /// let t = limited_allocator::Timeline::with_capacity(100);
+    /// let t = limited_allocator::timeline::Timeline::with_capacity(100);
     /// assert!(t.is_empty());
     /// ```
     pub fn with_capacity(capacity: usize) -> Self {
@@ -108,7 +111,8 @@ impl Timeline {
     /// Appends a point, thinning the record to every second point first if it is full.
     ///
     /// ```
-    /// # use limited_allocator::{PressureLevel, Timeline, TimelinePoint};
+    /// # use limited_allocator::PressureLevel;
+    /// # use limited_allocator::timeline::{Timeline, TimelinePoint};
     /// # use std::time::Duration;
     /// let mut t = Timeline::with_capacity(10);
     /// t.push(TimelinePoint { elapsed: Duration::ZERO, allocated_bytes: None, rss_bytes: None,
@@ -132,7 +136,7 @@ impl Timeline {
     /// The recorded points, oldest first.
     ///
     /// ```
-    /// assert!(limited_allocator::Timeline::default().points().is_empty());
+    /// assert!(limited_allocator::timeline::Timeline::default().points().is_empty());
     /// ```
     pub fn points(&self) -> &[TimelinePoint] {
         &self.points
@@ -141,7 +145,7 @@ impl Timeline {
     /// The number of points.
     ///
     /// ```
-    /// assert_eq!(limited_allocator::Timeline::default().len(), 0);
+    /// assert_eq!(limited_allocator::timeline::Timeline::default().len(), 0);
     /// ```
     pub fn len(&self) -> usize {
         self.points.len()
@@ -150,7 +154,7 @@ impl Timeline {
     /// Whether nothing was recorded.
     ///
     /// ```
-    /// assert!(limited_allocator::Timeline::default().is_empty());
+    /// assert!(limited_allocator::timeline::Timeline::default().is_empty());
     /// ```
     pub fn is_empty(&self) -> bool {
         self.points.is_empty()
@@ -203,7 +207,8 @@ mod svg {
         /// background bands (green low, yellow medium, orange high, red critical).
         ///
         /// ```
-        /// # use limited_allocator::{PressureLevel, Timeline, TimelinePoint};
+        /// # use limited_allocator::PressureLevel;
+        /// # use limited_allocator::timeline::{Timeline, TimelinePoint};
         /// # use std::time::Duration;
         /// let mut t = Timeline::default();
         /// for i in 0..5u64 {
@@ -213,7 +218,7 @@ mod svg {
         /// }
         /// let svg = t.render_svg(800, 400)?;
         /// assert!(svg.starts_with("<svg"));
-        /// # Ok::<(), limited_allocator::TimelineError>(())
+        /// # Ok::<(), limited_allocator::timeline::TimelineError>(())
         /// ```
         pub fn render_svg(&self, width: u32, height: u32) -> Result<String, TimelineError> {
             if self.points.len() < 2 {
@@ -230,9 +235,9 @@ mod svg {
         /// Renders a 1000 x 500 chart and writes it to `path` (e.g. `memory-timeline.svg`).
         ///
         /// ```no_run
-        /// # let timeline = limited_allocator::Timeline::default();
+        /// # let timeline = limited_allocator::timeline::Timeline::default();
         /// timeline.write_svg("memory-timeline.svg")?;
-        /// # Ok::<(), limited_allocator::TimelineError>(())
+        /// # Ok::<(), limited_allocator::timeline::TimelineError>(())
         /// ```
         pub fn write_svg(&self, path: impl AsRef<std::path::Path>) -> Result<(), TimelineError> {
             let svg = self.render_svg(1000, 500)?;

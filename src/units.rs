@@ -9,7 +9,7 @@ use core::fmt;
 /// Why a byte-size string could not be read. See [`parse_size`].
 ///
 /// ```
-/// use limited_allocator::{parse_size, SizeParseError};
+/// use limited_allocator::config::{parse_size, SizeParseError};
 /// assert_eq!(parse_size("3 furlongs"), Err(SizeParseError::UnknownUnit("furlongs".into())));
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -55,7 +55,7 @@ const UNITS: &[(&str, u128)] = &[
 /// Fractions are allowed with a unit (`1.5GiB`) and are rounded down to whole bytes.
 ///
 /// ```
-/// use limited_allocator::parse_size;
+/// use limited_allocator::config::parse_size;
 /// assert_eq!(parse_size("536870912"), Ok(536_870_912));
 /// assert_eq!(parse_size("512MiB"), Ok(512 << 20));
 /// assert_eq!(parse_size(" 2 gb "), Ok(2_000_000_000));

@@ -12,6 +12,8 @@ static ALLOC: LimitedAllocator = LimitedAllocator::new(System, LimitedAllocator:
 
 const LIMIT: usize = 64 << 20;
 const ASK: usize = 256 << 20;
+/// The fatal request after handled refusals: another size than theirs.
+const FATAL: usize = 200 << 20;
 /// What the line says about the limit (`Exact` formatting: bytes, then the human form).
 const LIMIT_TEXT: &str = "of the 67108864 bytes (64.0 MiB) limit";
 
@@ -35,6 +37,34 @@ fn child(role: &str) {
             ALLOC.set_limit(LIMIT);
             v.reserve_exact(ASK); // realloc from 1 MiB to ASK + 1 bytes, refused
             black_box(&v);
+        }
+        "handled-then-fatal" => {
+            ALLOC.set_limit(LIMIT);
+            // A few fallible refusals the program handles (it would try smaller chunks)...
+            for _ in 0..3 {
+                let mut v: Vec<u8> = Vec::new();
+                assert!(v.try_reserve_exact(ASK).is_err());
+            }
+            // ...and a moment later an infallible one of another size that aborts.
+            let v = vec![0u8; FATAL];
+            black_box(&v);
+        }
+        "reservation" => {
+            let r = ALLOC.try_reserve(4096).unwrap();
+            r.set_overflow(limited_allocator::Overflow::Refuse);
+            let before = ALLOC.stats().refusals;
+            {
+                let _inside = r.enter();
+                let mut v: Vec<u8> = Vec::new();
+                assert!(v.try_reserve_exact(8192).is_err());
+            }
+            let after = ALLOC.stats().refusals;
+            println!(
+                "RESERVATION refusals={} allocator={}",
+                r.refusals(),
+                after - before
+            );
+            return;
         }
         other => panic!("unknown child role {other:?}"),
     }
@@ -96,10 +126,15 @@ fn refused_realloc_growth_aborts_and_the_line_names_the_growth() {
         "realloc",
     );
     let line = our_line(&out).unwrap_or_else(|| panic!("no refusal line: {out:#?}"));
-    // A realloc is charged (and refused) by its growth: ASK + 1 bytes minus the 1 MiB held.
+    // A realloc is charged (and refused) by its growth: ASK + 1 bytes minus the 1 MiB held;
+    // the line names the full new size as well.
     let growth = ASK + 1 - (1 << 20);
     assert!(
-        line.starts_with(&format!("limited-allocator: refused {growth} bytes")),
+        line.starts_with(&format!(
+            "limited-allocator: refused {growth} bytes (255.0 MiB) (the growth of a realloc \
+             to {} bytes (256.0 MiB)): ",
+            ASK + 1
+        )),
         "{line}"
     );
     assert!(line.contains(LIMIT_TEXT), "{line}");
@@ -127,5 +162,58 @@ fn with_reporting_off_it_still_aborts_but_writes_no_line() {
         out.stderr
             .contains(&format!("memory allocation of {ASK} bytes failed")),
         "{out:#?}"
+    );
+}
+
+/// The rate limit keeps a burst: a refusal the program handled does not swallow the line of
+/// the fatal one that follows a moment later.
+#[test]
+fn the_fatal_refusal_after_handled_ones_is_explained() {
+    if let Some(role) = child_role() {
+        return child(&role);
+    }
+    let out = aborted(
+        "the_fatal_refusal_after_handled_ones_is_explained",
+        "handled-then-fatal",
+    );
+    let lines: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("limited-allocator: refused"))
+        .collect();
+    let handled = format!("limited-allocator: refused {ASK} bytes");
+    let fatal = format!("limited-allocator: refused {FATAL} bytes (200.0 MiB): ");
+    assert_eq!(lines.len(), 4, "{out:#?}");
+    assert!(
+        lines[..3].iter().all(|l| l.starts_with(&handled)),
+        "{out:#?}"
+    );
+    assert!(lines[3].starts_with(&fatal), "{out:#?}");
+    assert!(lines[3].contains(LIMIT_TEXT), "{out:#?}");
+}
+
+/// A refusal over an entered reservation's own budget (`Overflow::Refuse`) says so, and is
+/// the reservation's, not the allocator's.
+#[test]
+fn a_reservation_refusal_line_names_its_budget() {
+    if let Some(role) = child_role() {
+        return child(&role);
+    }
+    let out = run_child(
+        "a_reservation_refusal_line_names_its_budget",
+        "reservation",
+        &[],
+        &[],
+    );
+    assert!(out.status.success(), "{out:#?}");
+    assert!(
+        out.stdout.contains("RESERVATION refusals=1 allocator=0"),
+        "{out:#?}"
+    );
+    let line = our_line(&out).unwrap_or_else(|| panic!("no refusal line: {out:#?}"));
+    assert_eq!(
+        line,
+        "limited-allocator: refused 8192 bytes by the entered reservation's own budget \
+         (Overflow::Refuse): 4096 bytes headroom left, 0 bytes used"
     );
 }

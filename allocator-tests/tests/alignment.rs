@@ -2,7 +2,7 @@
 //! global allocator (alloc, alloc_zeroed, realloc), and every block is charged exactly its
 //! size.
 
-use allocator_tests::{lift_limit_on_panic, Counts};
+use allocator_tests::{prepare_backtraces, Counts};
 use limited_allocator::LimitedAllocator;
 use std::alloc::{Layout, System};
 
@@ -19,7 +19,7 @@ fn alignments() -> impl Iterator<Item = usize> {
 /// crate docs), so the sub-cases run one after another here.
 #[test]
 fn alignment() {
-    lift_limit_on_panic(&ALLOC);
+    prepare_backtraces();
     alignments_up_to_64_kib_are_honoured_and_counted_exactly();
     aligned_requests_are_limited_by_their_size();
 }

@@ -2,7 +2,8 @@
 //! allocated, so a claim is attribution only (`pool_claimed_bytes`), never a second charge.
 
 use arrow_buffer::{Buffer, MemoryPool};
-use limited_allocator::{LimitedAllocator, PoolRole};
+use limited_allocator::arrow::PoolRole;
+use limited_allocator::LimitedAllocator;
 use std::alloc::System;
 
 #[global_allocator]

@@ -7,7 +7,7 @@
 //!
 //! The child prints one line, `DFRUN key=value ...`, that the parent parses.
 
-use allocator_tests::{child_role, run_child_with_timeout, ChildOutput};
+use allocator_tests::{child_role, run_child_within, ChildOutput};
 use datafusion::arrow::array::{Array, Int64Array, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::datasource::MemTable;
@@ -212,7 +212,6 @@ fn child(query: &str) {
     ctx.register_table("t", Arc::new(fact)).expect("register t");
     ctx.register_table("d", Arc::new(dim)).expect("register d");
     if let Some(limit) = limit {
-        allocator_tests::lift_limit_on_panic(&ALLOC);
         ALLOC.set_limit(limit);
     }
     ALLOC.reset_peak();
@@ -269,16 +268,13 @@ fn launch(query: &str, factor: Option<f64>) -> Run {
     if let Some(f) = &factor {
         set.push(("DF_FACTOR", f.as_str()));
     }
-    let out = run_child_with_timeout(
-        "queries_hold_the_limit",
-        query,
-        &set,
-        Duration::from_secs(300),
-    );
+    let timeout = Some(Duration::from_secs(300));
+    let out = run_child_within("queries_hold_the_limit", query, &set, &[], timeout);
+    assert!(!out.timed_out, "{query} at {factor:?} hung: {out:#?}");
     assert_eq!(
         out.signal(),
         None,
-        "{query} at {factor:?} was killed (abort or timeout): {out:#?}"
+        "{query} at {factor:?} was killed: {out:#?}"
     );
     assert!(
         out.status.success(),

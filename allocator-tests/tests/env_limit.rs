@@ -3,7 +3,9 @@
 //! that has `LIMITED_ALLOCATOR_LIMIT` set (or unset) from its start.
 
 use allocator_tests::{child_role, physical_memory, run_child, ChildOutput};
-use limited_allocator::{limit_from_env, read_cgroup_memory, LimitedAllocator, LIMIT_ENV_VAR};
+use limited_allocator::config::LIMIT_ENV_VAR;
+use limited_allocator::sampler::read_cgroup_memory;
+use limited_allocator::{limit_from_env, LimitedAllocator};
 use std::alloc::System;
 use std::path::Path;
 

@@ -5,7 +5,7 @@
 //! exceeds the bytes granted to the test, which with everything else live in the process
 //! must stay under the limit.
 
-use allocator_tests::lift_limit_on_panic;
+use allocator_tests::{prepare_backtraces, xorshift};
 use limited_allocator::LimitedAllocator;
 use std::alloc::System;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
@@ -25,13 +25,7 @@ static REFUSED: AtomicUsize = AtomicUsize::new(0);
 /// caller before the limit is set: this must allocate only through fallible APIs, or a
 /// refusal aborts the process.
 fn work(seed: u64, base: usize, held: &mut Vec<Vec<u8>>) {
-    let mut s = seed | 1;
-    let mut next = move || {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        s
-    };
+    let mut next = xorshift(seed);
     for _ in 0..20_000 {
         let r = next();
         if held.len() == held.capacity() || (!held.is_empty() && r.is_multiple_of(3)) {
@@ -62,7 +56,7 @@ fn work(seed: u64, base: usize, held: &mut Vec<Vec<u8>>) {
 /// The only test of this binary (the global counters see everything the process does).
 #[test]
 fn tight_global_limit_holds_under_threads() {
-    lift_limit_on_panic(&ALLOC);
+    prepare_backtraces();
     let ready = Barrier::new(THREADS + 1);
     let go = Barrier::new(THREADS + 1);
     let done = Barrier::new(THREADS + 1);

@@ -2,7 +2,7 @@
 //! own per-thread credit, so traffic on one never shows in the other's numbers, and the
 //! standalone budget refuses past its own limit however much credit the global one holds.
 
-use allocator_tests::{lift_limit_on_panic, Counts};
+use allocator_tests::{prepare_backtraces, Counts};
 use limited_allocator::LimitedAllocator;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::thread;
@@ -43,7 +43,7 @@ fn interleave(seed: usize) -> Vec<(usize, usize)> {
 /// The only test of this binary (the global counters see everything the process does).
 #[test]
 fn global_and_standalone_instances_do_not_mix_credit() {
-    lift_limit_on_panic(&ALLOC);
+    prepare_backtraces();
     POOL.set_refusal_reporting(false);
     let global_before = Counts::of(&ALLOC);
 

@@ -2,7 +2,7 @@
 //! the global allocator's count is back exactly where it started, and allocations equal
 //! deallocations, although every exiting thread held credit and unpublished counts.
 
-use allocator_tests::{lift_limit_on_panic, Counts};
+use allocator_tests::{prepare_backtraces, Counts};
 use limited_allocator::LimitedAllocator;
 use std::alloc::System;
 use std::thread;
@@ -54,7 +54,7 @@ fn churn(threads: usize) -> usize {
 /// The only test of this binary: the global counters see everything the process does.
 #[test]
 fn thread_churn_leaves_no_drift() {
-    lift_limit_on_panic(&ALLOC);
+    prepare_backtraces();
     // Warm up once so that whatever std allocates for good on the first spawn is not
     // counted as drift.
     churn(WAVE);

@@ -1,7 +1,7 @@
 //! `Vec::try_reserve` past the limit of the global allocator returns `Err`, the refusal is
 //! counted with its size, and the process goes on allocating within the limit.
 
-use allocator_tests::{lift_limit_on_panic, Counts};
+use allocator_tests::{prepare_backtraces, Counts};
 use limited_allocator::LimitedAllocator;
 use std::alloc::System;
 
@@ -32,7 +32,7 @@ impl Drop for LimitAbove {
 /// with no test harness (`harness = false` in Cargo.toml): libtest's own thread, busy with
 /// its bookkeeping while the test thread starts, once showed up in them as 19 848 bytes.
 fn main() {
-    lift_limit_on_panic(&ALLOC);
+    prepare_backtraces();
     vec_try_reserve_past_the_limit_is_an_error_and_the_process_goes_on();
     halving_on_refusal_fills_the_budget_without_passing_it();
     println!("try_reserve_past_limit: ok");

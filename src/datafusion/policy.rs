@@ -14,29 +14,29 @@ use super::refusal::RefusalReason;
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Ask {
     /// Bytes asked for.
-    pub requested: usize,
+    pub(super) requested: usize,
     /// Bytes the consumer holds already (all its reservations).
-    pub held: usize,
+    pub(super) held: usize,
     /// Whether a refusal makes the consumer spill.
-    pub can_spill: bool,
+    pub(super) can_spill: bool,
 }
 
 /// The pool and the allocator at the moment of the ask.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct View {
     /// Spillable consumers registered.
-    pub num_spill: usize,
+    pub(super) num_spill: usize,
     /// Bytes reserved by spillable consumers.
-    pub spillable: usize,
+    pub(super) spillable: usize,
     /// Bytes reserved by unspillable consumers.
-    pub unspillable: usize,
+    pub(super) unspillable: usize,
     /// The allocator's available bytes (limit less charged).
-    pub available: usize,
+    pub(super) available: usize,
     /// Real bytes kept free for allocations the pool never sees.
-    pub margin: usize,
+    pub(super) margin: usize,
     /// Real bytes a reserved byte may bring with it when its consumer spills or emits,
     /// in percent of the reservation.
-    pub copy_percent: u32,
+    pub(super) copy_percent: u32,
 }
 
 impl View {
@@ -45,7 +45,7 @@ impl View {
     /// real yet (a sort's pre-reserved merge memory, a join's build side counted over input
     /// batches it shares and only copies when it concatenates them), so the headroom must
     /// still hold them when they become real.
-    pub fn usable(&self) -> usize {
+    pub(super) fn usable(&self) -> usize {
         self.available
             .saturating_sub(self.margin)
             .saturating_sub(self.unspillable)
@@ -59,14 +59,14 @@ impl View {
 
     /// What spillable consumers could hold in all: what they hold, plus what the usable
     /// headroom can back with its copies.
-    pub fn capacity(&self) -> usize {
+    pub(super) fn capacity(&self) -> usize {
         let backed = self.usable() as u128 * 100 / (100 + u128::from(self.copy_percent));
         self.spillable.saturating_add(backed as usize)
     }
 
     /// A spillable consumer's share: the capacity split evenly (as DataFusion's
     /// `FairSpillPool`).
-    pub fn share(&self) -> usize {
+    pub(super) fn share(&self) -> usize {
         self.capacity() / self.num_spill.max(1)
     }
 }

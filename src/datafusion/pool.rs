@@ -423,11 +423,11 @@ impl<A: GlobalAlloc + Send + Sync> fmt::Display for DataFusionPool<A> {
 }
 
 /// A monitor watching the pool reads the allocator's numbers and the pool's reservations,
-/// so a [`Snapshot`](crate::Snapshot) and the Prometheus collector show the gap between
+/// so a [`Snapshot`](crate::metrics::Snapshot) and the Prometheus collector show the gap between
 /// what DataFusion reserved and what it really holds.
 ///
 /// ```
-/// use limited_allocator::{datafusion::DataFusionPool, LimitedAllocator, MemoryMonitor};
+/// use limited_allocator::{datafusion::DataFusionPool, monitor::MemoryMonitor, LimitedAllocator};
 /// use std::sync::Arc;
 /// static BUDGET: LimitedAllocator = LimitedAllocator::new(std::alloc::System, 1 << 30);
 ///
@@ -438,7 +438,7 @@ impl<A: GlobalAlloc + Send + Sync> fmt::Display for DataFusionPool<A> {
 /// assert_eq!(a.datafusion_unreserved_bytes, Some(a.allocated_bytes as i64));
 /// # Ok::<(), limited_allocator::MonitorError>(())
 /// ```
-impl<A: GlobalAlloc + Send + Sync> crate::BudgetSource for DataFusionPool<A> {
+impl<A: GlobalAlloc + Send + Sync> crate::monitor::BudgetSource for DataFusionPool<A> {
     fn allocated_bytes(&self) -> usize {
         self.allocator.allocated_bytes()
     }

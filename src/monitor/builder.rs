@@ -10,7 +10,8 @@ use super::*;
 /// process and the machine.
 ///
 /// ```
-/// use limited_allocator::{LimitedAllocator, MemoryMonitor, PressureLevel};
+/// use limited_allocator::{LimitedAllocator, PressureLevel};
+/// use limited_allocator::monitor::MemoryMonitor;
 /// use std::time::Duration;
 ///
 /// static ALLOC: LimitedAllocator = LimitedAllocator::new(std::alloc::System, 1 << 30);
@@ -24,7 +25,7 @@ use super::*;
 ///     .start()?;
 /// assert!(monitor.level() <= PressureLevel::Critical);
 /// drop(monitor); // stops and joins the thread
-/// # Ok::<(), limited_allocator::MonitorError>(())
+/// # Ok::<(), limited_allocator::monitor::MonitorError>(())
 /// ```
 #[must_use = "a builder does nothing until build() or start()"]
 pub struct MonitorBuilder {
@@ -55,11 +56,12 @@ impl MonitorBuilder {
     /// Watches a `'static` allocator, usually the `#[global_allocator]`.
     ///
     /// ```
-    /// # use limited_allocator::{LimitedAllocator, MemoryMonitor};
+    /// # use limited_allocator::LimitedAllocator;
+    /// # use limited_allocator::monitor::MemoryMonitor;
     /// static ALLOC: LimitedAllocator = LimitedAllocator::new(std::alloc::System, 1 << 30);
     /// let monitor = MemoryMonitor::builder().allocator(&ALLOC).build()?;
     /// assert_eq!(monitor.sample_now().allocator_limit_bytes, Some(1 << 30));
-    /// # Ok::<(), limited_allocator::MonitorError>(())
+    /// # Ok::<(), limited_allocator::monitor::MonitorError>(())
     /// ```
     pub fn allocator<S: BudgetSource + 'static>(mut self, allocator: &'static S) -> Self {
         self.source = Some(Arc::new(StaticSource(allocator)));
@@ -70,13 +72,14 @@ impl MonitorBuilder {
     /// `static`.
     ///
     /// ```
-    /// # use limited_allocator::{LimitedAllocator, MemoryMonitor};
+    /// # use limited_allocator::LimitedAllocator;
+    /// # use limited_allocator::monitor::MemoryMonitor;
     /// use std::sync::Arc;
     /// let alloc = Arc::new(LimitedAllocator::new(std::alloc::System, 1 << 20));
     /// let monitor = MemoryMonitor::builder().budget_source(alloc.clone()).build()?;
     /// let _held = alloc.try_reserve(700 << 10).unwrap();
     /// assert_eq!(monitor.sample_now().allocated_bytes, Some(700 << 10));
-    /// # Ok::<(), limited_allocator::MonitorError>(())
+    /// # Ok::<(), limited_allocator::monitor::MonitorError>(())
     /// ```
     pub fn budget_source(mut self, source: Arc<dyn BudgetSource>) -> Self {
         self.source = Some(source);
@@ -87,7 +90,7 @@ impl MonitorBuilder {
     /// and the cgroup limit (unless [`use_cgroup_limit(false)`](Self::use_cgroup_limit)).
     ///
     /// ```
-    /// let b = limited_allocator::MemoryMonitor::builder().max_process_memory(4 << 30);
+    /// let b = limited_allocator::monitor::MemoryMonitor::builder().max_process_memory(4 << 30);
     /// ```
     pub fn max_process_memory(mut self, bytes: u64) -> Self {
         self.config.max_process_memory = Some(bytes);
@@ -98,7 +101,7 @@ impl MonitorBuilder {
     /// it is Medium, below 1.5x High, at or below 1x Critical.
     ///
     /// ```
-    /// let b = limited_allocator::MemoryMonitor::builder().min_system_available(1 << 30);
+    /// let b = limited_allocator::monitor::MemoryMonitor::builder().min_system_available(1 << 30);
     /// ```
     pub fn min_system_available(mut self, bytes: u64) -> Self {
         self.config.min_system_available = Some(bytes);
@@ -109,7 +112,7 @@ impl MonitorBuilder {
     /// and as the `cgroup` working-set signal.
     ///
     /// ```
-    /// let b = limited_allocator::MemoryMonitor::builder().use_cgroup_limit(false);
+    /// let b = limited_allocator::monitor::MemoryMonitor::builder().use_cgroup_limit(false);
     /// ```
     pub fn use_cgroup_limit(mut self, on: bool) -> Self {
         self.config.use_cgroup_limit = on;
@@ -120,7 +123,7 @@ impl MonitorBuilder {
     ///
     /// ```
     /// use std::time::Duration;
-    /// let err = limited_allocator::MemoryMonitor::builder().interval(Duration::ZERO).build();
+    /// let err = limited_allocator::monitor::MemoryMonitor::builder().interval(Duration::ZERO).build();
     /// assert!(err.is_err());
     /// ```
     pub fn interval(mut self, interval: Duration) -> Self {
@@ -131,9 +134,10 @@ impl MonitorBuilder {
     /// Thresholds for the percentage signals (allocator, rss, cgroup); default 60/80/95.
     ///
     /// ```
-    /// use limited_allocator::{MemoryMonitor, PressureThresholds};
+    /// use limited_allocator::PressureThresholds;
+    /// use limited_allocator::monitor::MemoryMonitor;
     /// let b = MemoryMonitor::builder().thresholds(PressureThresholds::new(50.0, 70.0, 90.0)?);
-    /// # Ok::<(), limited_allocator::ThresholdError>(())
+    /// # Ok::<(), limited_allocator::pressure::ThresholdError>(())
     /// ```
     pub fn thresholds(mut self, thresholds: PressureThresholds) -> Self {
         self.config.thresholds = thresholds;
@@ -144,7 +148,7 @@ impl MonitorBuilder {
     /// 10/25/50), or `None` to ignore PSI.
     ///
     /// ```
-    /// let b = limited_allocator::MemoryMonitor::builder().psi_thresholds(None);
+    /// let b = limited_allocator::monitor::MemoryMonitor::builder().psi_thresholds(None);
     /// ```
     pub fn psi_thresholds(mut self, thresholds: Option<PressureThresholds>) -> Self {
         self.config.psi_thresholds = thresholds;
@@ -155,7 +159,7 @@ impl MonitorBuilder {
     /// usage is this far below its threshold.
     ///
     /// ```
-    /// let b = limited_allocator::MemoryMonitor::builder().hysteresis_margin(2.5);
+    /// let b = limited_allocator::monitor::MemoryMonitor::builder().hysteresis_margin(2.5);
     /// ```
     pub fn hysteresis_margin(mut self, points: f64) -> Self {
         self.config.margin = points;
@@ -166,7 +170,8 @@ impl MonitorBuilder {
     /// interval). Use [`Sampler::with_root`] to watch a fixture tree or a mounted `/proc`.
     ///
     /// ```
-    /// use limited_allocator::{MemoryMonitor, Sampler};
+    /// use limited_allocator::monitor::MemoryMonitor;
+    /// use limited_allocator::sampler::Sampler;
     /// let b = MemoryMonitor::builder().sampler(Sampler::with_root("/"));
     /// ```
     pub fn sampler(mut self, sampler: Sampler) -> Self {
@@ -175,15 +180,21 @@ impl MonitorBuilder {
     }
 
     /// Leak detection on allocated bytes and anonymous RSS (default: on, with
-    /// [`LeakConfig::default`], a 10-minute window), or `None` to turn it off.
+    /// [`LeakConfig::default`]: the floor's trend over 2 hours), or `None` to turn it off.
+    /// A bad config is refused by [`build`](Self::build).
     ///
     /// ```
-    /// use limited_allocator::{LeakConfig, MemoryMonitor};
+    /// use limited_allocator::leak::LeakConfig;
+    /// use limited_allocator::monitor::MemoryMonitor;
     /// use std::time::Duration;
     /// let b = MemoryMonitor::builder().leak_detection(Some(LeakConfig {
-    ///     window: Duration::from_secs(120),
+    ///     horizon: Duration::from_secs(4 * 3600),
+    ///     bucket: Duration::from_secs(600),
     ///     ..LeakConfig::default()
     /// }));
+    /// let bad = MemoryMonitor::builder()
+    ///     .leak_detection(Some(LeakConfig { bucket: Duration::ZERO, ..LeakConfig::default() }));
+    /// assert!(bad.build().is_err());
     /// ```
     pub fn leak_detection(mut self, config: Option<LeakConfig>) -> Self {
         self.leak = config;
@@ -193,7 +204,7 @@ impl MonitorBuilder {
     /// Adds a listener, called on the monitor thread for every [`MonitorEvent`].
     ///
     /// ```
-    /// let b = limited_allocator::MemoryMonitor::builder()
+    /// let b = limited_allocator::monitor::MemoryMonitor::builder()
     ///     .listener(|event| eprintln!("memory: {event}"));
     /// ```
     pub fn listener(mut self, f: impl Fn(&MonitorEvent) + Send + Sync + 'static) -> Self {
@@ -205,8 +216,8 @@ impl MonitorBuilder {
     /// [`MonitorHandle::timeline`]).
     ///
     /// ```
-    /// let b = limited_allocator::MemoryMonitor::builder()
-    ///     .record_timeline(limited_allocator::Timeline::DEFAULT_CAPACITY);
+    /// let b = limited_allocator::monitor::MemoryMonitor::builder()
+    ///     .record_timeline(limited_allocator::timeline::Timeline::DEFAULT_CAPACITY);
     /// ```
     pub fn record_timeline(mut self, capacity: usize) -> Self {
         self.timeline = Some(capacity);
@@ -217,10 +228,10 @@ impl MonitorBuilder {
     /// [`sample_now`](MonitorHandle::sample_now), listeners run on the caller's thread.
     ///
     /// ```
-    /// let monitor = limited_allocator::MemoryMonitor::builder().build()?;
+    /// let monitor = limited_allocator::monitor::MemoryMonitor::builder().build()?;
     /// monitor.sample_now();
     /// assert_eq!(monitor.stats().samples, 1);
-    /// # Ok::<(), limited_allocator::MonitorError>(())
+    /// # Ok::<(), limited_allocator::monitor::MonitorError>(())
     /// ```
     pub fn build(self) -> Result<MemoryMonitor, MonitorError> {
         let c = &self.config;
@@ -235,7 +246,9 @@ impl MonitorBuilder {
         let sampler = self.sampler.unwrap_or_else(|| {
             Sampler::new().with_max_age(Sampler::DEFAULT_MAX_AGE.min(c.interval / 2))
         });
-        let leak = self.leak;
+        let detector = |metric| self.leak.map(|l| TrendDetector::new(metric, l)).transpose();
+        let leak_allocated = detector(LeakMetric::AllocatedBytes)?;
+        let leak_rss = detector(LeakMetric::Rss)?;
         let state = State {
             last_tick: None,
             signals: [None; 5],
@@ -247,8 +260,8 @@ impl MonitorBuilder {
             peak_allocated: None,
             leaks_suspected: 0,
             last: None,
-            leak_allocated: leak.map(|l| TrendDetector::new(LeakMetric::AllocatedBytes, l)),
-            leak_rss: leak.map(|l| TrendDetector::new(LeakMetric::Rss, l)),
+            leak_allocated,
+            leak_rss,
             timeline: self.timeline.map(Timeline::with_capacity),
             stages: Vec::new(),
         };
@@ -277,9 +290,9 @@ impl MonitorBuilder {
     /// sample at once and then one per interval.
     ///
     /// ```
-    /// let mut monitor = limited_allocator::MemoryMonitor::builder().start()?;
+    /// let mut monitor = limited_allocator::monitor::MemoryMonitor::builder().start()?;
     /// monitor.stop();
-    /// # Ok::<(), limited_allocator::MonitorError>(())
+    /// # Ok::<(), limited_allocator::monitor::MonitorError>(())
     /// ```
     pub fn start(self) -> Result<MemoryMonitor, MonitorError> {
         let mut monitor = self.build()?;

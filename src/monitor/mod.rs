@@ -33,10 +33,11 @@
 //! [`MemoryMonitor::stop`] and `Drop` wake the thread and join it, whatever the interval.
 
 use crate::leak::{LeakConfig, LeakMetric, LeakSuspected, TrendDetector};
+use crate::pressure::HysteresisLevel;
 use crate::sampler::{MemorySample, Sampler};
 use crate::timeline::{Timeline, TimelinePoint};
 use crate::units::ByteSize;
-use crate::{HysteresisLevel, LimitedAllocator, PressureLevel, PressureThresholds};
+use crate::{LimitedAllocator, PressureLevel, PressureThresholds};
 use core::fmt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
@@ -48,7 +49,8 @@ use std::time::{Duration, Instant};
 /// monitor can also watch an allocator that is not `'static`, or a test double.
 ///
 /// ```
-/// use limited_allocator::{BudgetSource, LimitedAllocator};
+/// use limited_allocator::LimitedAllocator;
+/// use limited_allocator::monitor::BudgetSource;
 /// let alloc = LimitedAllocator::new(std::alloc::System, 1 << 20);
 /// let source: &dyn BudgetSource = &alloc;
 /// assert_eq!(source.limit(), 1 << 20);
@@ -94,9 +96,10 @@ mod stats;
 mod tests;
 
 pub use builder::MonitorBuilder;
-pub use reason::*;
-pub use stats::*;
+pub use reason::{LimitSource, MonitorError, MonitorEvent, Reason, Signal};
+pub use stats::{LevelStats, MonitorSample, MonitorStats, StageStats};
 
+use reason::percent;
 use stats::StageAcc;
 
 type Listener = Arc<dyn Fn(&MonitorEvent) + Send + Sync>;
@@ -317,14 +320,20 @@ impl Shared {
             );
             st.peak_allocated = max_opt(st.peak_allocated, budget.map(|(a, p, _)| a.max(p)));
 
-            if let (Some(d), Some((allocated, _, _))) = (st.leak_allocated.as_mut(), budget) {
+            // The detectors take the samples' own time, so a driven clock drives them too.
+            if let (Some(d), Some((allocated, _, limit))) = (st.leak_allocated.as_mut(), budget) {
+                let limit = (limit != usize::MAX).then_some(limit as u64);
                 events.extend(
-                    d.observe(elapsed, allocated)
+                    d.observe(elapsed, allocated, limit)
                         .map(MonitorEvent::LeakSuspected),
                 );
             }
             if let (Some(d), Some(rss)) = (st.leak_rss.as_mut(), rss) {
-                events.extend(d.observe(elapsed, rss).map(MonitorEvent::LeakSuspected));
+                let limit = process_limit.map(|(l, _)| l);
+                events.extend(
+                    d.observe(elapsed, rss, limit)
+                        .map(MonitorEvent::LeakSuspected),
+                );
             }
             st.leaks_suspected += events
                 .iter()
@@ -399,16 +408,23 @@ impl Shared {
     }
 
     /// An observation for the stages' statistics only (entry and exit of a stage).
-    fn observe_stage(&self, name: &str, entering: bool) {
+    fn observe_stage(&self, name: &str, edge: StageEdge) {
         let allocated = self.source.as_ref().map(|s| s.allocated_bytes() as u64);
         let rss = self.sampler.sample().rss_bytes;
         let mut st = lock(&self.state);
         let acc = stage_acc(&mut st.stages, name);
-        acc.entered += u64::from(entering);
+        acc.entered += u64::from(edge == StageEdge::Enter);
         acc.samples += 1;
         acc.allocated.add(allocated);
         acc.rss.add(rss);
     }
+}
+
+/// Which end of a stage an observation is taken at: only entries count as `entered`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StageEdge {
+    Enter,
+    Exit,
 }
 
 fn stage_acc<'a>(stages: &'a mut Vec<StageAcc>, name: &str) -> &'a mut StageAcc {
@@ -433,7 +449,7 @@ fn system_available_thresholds() -> PressureThresholds {
 /// The default PSI thresholds on `some avg10`: 10 / 25 / 50 %.
 ///
 /// ```
-/// let t = limited_allocator::default_psi_thresholds();
+/// let t = limited_allocator::monitor::default_psi_thresholds();
 /// assert_eq!((t.medium(), t.high(), t.critical()), (10.0, 25.0, 50.0));
 /// ```
 pub fn default_psi_thresholds() -> PressureThresholds {
@@ -445,10 +461,10 @@ pub fn default_psi_thresholds() -> PressureThresholds {
 /// [`MemoryMonitor`] owns that.
 ///
 /// ```
-/// let monitor = limited_allocator::MemoryMonitor::builder().build()?;
+/// let monitor = limited_allocator::monitor::MemoryMonitor::builder().build()?;
 /// let handle = monitor.handle();
 /// std::thread::spawn(move || handle.level()).join().unwrap();
-/// # Ok::<(), limited_allocator::MonitorError>(())
+/// # Ok::<(), limited_allocator::monitor::MonitorError>(())
 /// ```
 #[derive(Clone)]
 pub struct MonitorHandle {
@@ -467,9 +483,9 @@ impl MonitorHandle {
     /// The combined level as of the last sample (one atomic load).
     ///
     /// ```
-    /// let monitor = limited_allocator::MemoryMonitor::builder().build()?;
+    /// let monitor = limited_allocator::monitor::MemoryMonitor::builder().build()?;
     /// assert_eq!(monitor.level(), limited_allocator::PressureLevel::Low); // nothing sampled
-    /// # Ok::<(), limited_allocator::MonitorError>(())
+    /// # Ok::<(), limited_allocator::monitor::MonitorError>(())
     /// ```
     pub fn level(&self) -> PressureLevel {
         PressureLevel::from_index(self.shared.level.load(Ordering::Relaxed) as usize)
@@ -479,10 +495,10 @@ impl MonitorHandle {
     /// here too) and returns it.
     ///
     /// ```
-    /// let monitor = limited_allocator::MemoryMonitor::builder().build()?;
+    /// let monitor = limited_allocator::monitor::MemoryMonitor::builder().build()?;
     /// let sample = monitor.sample_now();
     /// assert_eq!(sample.level, monitor.level());
-    /// # Ok::<(), limited_allocator::MonitorError>(())
+    /// # Ok::<(), limited_allocator::monitor::MonitorError>(())
     /// ```
     pub fn sample_now(&self) -> MonitorSample {
         self.shared.tick(Instant::now())
@@ -504,12 +520,12 @@ impl MonitorHandle {
     /// The counters so far.
     ///
     /// ```
-    /// let monitor = limited_allocator::MemoryMonitor::builder().build()?;
+    /// let monitor = limited_allocator::monitor::MemoryMonitor::builder().build()?;
     /// monitor.sample_now();
     /// let stats = monitor.stats();
     /// assert_eq!(stats.samples, 1);
     /// assert_eq!(stats.levels.iter().map(|l| l.samples).sum::<u64>(), 1);
-    /// # Ok::<(), limited_allocator::MonitorError>(())
+    /// # Ok::<(), limited_allocator::monitor::MonitorError>(())
     /// ```
     pub fn stats(&self) -> MonitorStats {
         let st = lock(&self.shared.state);
@@ -528,9 +544,9 @@ impl MonitorHandle {
     /// Adds a listener to a running monitor.
     ///
     /// ```
-    /// let monitor = limited_allocator::MemoryMonitor::builder().build()?;
+    /// let monitor = limited_allocator::monitor::MemoryMonitor::builder().build()?;
     /// monitor.add_listener(|event| println!("{event}"));
-    /// # Ok::<(), limited_allocator::MonitorError>(())
+    /// # Ok::<(), limited_allocator::monitor::MonitorError>(())
     /// ```
     pub fn add_listener(&self, f: impl Fn(&MonitorEvent) + Send + Sync + 'static) {
         self.shared
@@ -545,10 +561,10 @@ impl MonitorHandle {
     /// High or Critical, so a loop reacts sooner when it matters. One atomic load.
     ///
     /// ```
-    /// let monitor = limited_allocator::MemoryMonitor::builder().build()?;
+    /// let monitor = limited_allocator::monitor::MemoryMonitor::builder().build()?;
     /// let checks = (0..100).filter(|&i| monitor.should_check(i, 10)).count();
     /// assert_eq!(checks, 10); // at Low
-    /// # Ok::<(), limited_allocator::MonitorError>(())
+    /// # Ok::<(), limited_allocator::monitor::MonitorError>(())
     /// ```
     pub fn should_check(&self, iteration: u64, every: u64) -> bool {
         every <= 1 || iteration.is_multiple_of(every) || self.level() >= PressureLevel::High
@@ -560,7 +576,7 @@ impl MonitorHandle {
     /// than the interval still has numbers.
     ///
     /// ```
-    /// let monitor = limited_allocator::MemoryMonitor::builder().build()?;
+    /// let monitor = limited_allocator::monitor::MemoryMonitor::builder().build()?;
     /// {
     ///     let _merge = monitor.stage("merge");
     ///     let _rows = vec![0u8; 1 << 20];
@@ -568,13 +584,13 @@ impl MonitorHandle {
     /// let stats = monitor.stage_stats();
     /// assert_eq!(stats[0].name, "merge");
     /// assert_eq!(stats[0].entered, 1);
-    /// # Ok::<(), limited_allocator::MonitorError>(())
+    /// # Ok::<(), limited_allocator::monitor::MonitorError>(())
     /// ```
     pub fn stage(&self, name: impl Into<String>) -> StageGuard {
         let name = name.into();
         let id = self.shared.next_stage_id.fetch_add(1, Ordering::Relaxed);
         lock(&self.shared.active_stages).push((id, name.clone()));
-        self.shared.observe_stage(&name, true);
+        self.shared.observe_stage(&name, StageEdge::Enter);
         StageGuard {
             shared: Arc::clone(&self.shared),
             id,
@@ -585,9 +601,9 @@ impl MonitorHandle {
     /// Statistics per stage, in the order stages were first entered.
     ///
     /// ```
-    /// let monitor = limited_allocator::MemoryMonitor::builder().build()?;
+    /// let monitor = limited_allocator::monitor::MemoryMonitor::builder().build()?;
     /// assert!(monitor.stage_stats().is_empty());
-    /// # Ok::<(), limited_allocator::MonitorError>(())
+    /// # Ok::<(), limited_allocator::monitor::MonitorError>(())
     /// ```
     pub fn stage_stats(&self) -> Vec<StageStats> {
         lock(&self.shared.state)
@@ -609,10 +625,10 @@ impl MonitorHandle {
     /// [`record_timeline`](MonitorBuilder::record_timeline)).
     ///
     /// ```
-    /// let monitor = limited_allocator::MemoryMonitor::builder().record_timeline(100).build()?;
+    /// let monitor = limited_allocator::monitor::MemoryMonitor::builder().record_timeline(100).build()?;
     /// monitor.sample_now();
     /// assert_eq!(monitor.timeline().unwrap().len(), 1);
-    /// # Ok::<(), limited_allocator::MonitorError>(())
+    /// # Ok::<(), limited_allocator::monitor::MonitorError>(())
     /// ```
     pub fn timeline(&self) -> Option<Timeline> {
         lock(&self.shared.state).timeline.clone()
@@ -621,9 +637,9 @@ impl MonitorHandle {
     /// The sampling interval.
     ///
     /// ```
-    /// let monitor = limited_allocator::MemoryMonitor::builder().build()?;
+    /// let monitor = limited_allocator::monitor::MemoryMonitor::builder().build()?;
     /// assert_eq!(monitor.interval(), std::time::Duration::from_secs(1));
-    /// # Ok::<(), limited_allocator::MonitorError>(())
+    /// # Ok::<(), limited_allocator::monitor::MonitorError>(())
     /// ```
     pub fn interval(&self) -> Duration {
         self.shared.config.interval
@@ -632,9 +648,9 @@ impl MonitorHandle {
     /// Time since the monitor was built.
     ///
     /// ```
-    /// let monitor = limited_allocator::MemoryMonitor::builder().build()?;
+    /// let monitor = limited_allocator::monitor::MemoryMonitor::builder().build()?;
     /// assert!(monitor.uptime() < std::time::Duration::from_secs(3600));
-    /// # Ok::<(), limited_allocator::MonitorError>(())
+    /// # Ok::<(), limited_allocator::monitor::MonitorError>(())
     /// ```
     pub fn uptime(&self) -> Duration {
         self.shared.started.elapsed()
@@ -654,10 +670,10 @@ impl MonitorHandle {
 /// Labels monitor samples with a stage name while alive. See [`MonitorHandle::stage`].
 ///
 /// ```
-/// let monitor = limited_allocator::MemoryMonitor::builder().build()?;
+/// let monitor = limited_allocator::monitor::MemoryMonitor::builder().build()?;
 /// let guard = monitor.stage("load");
 /// assert_eq!(guard.name(), "load");
-/// # Ok::<(), limited_allocator::MonitorError>(())
+/// # Ok::<(), limited_allocator::monitor::MonitorError>(())
 /// ```
 #[must_use = "the stage ends when the guard is dropped"]
 pub struct StageGuard {
@@ -670,9 +686,9 @@ impl StageGuard {
     /// The stage's name.
     ///
     /// ```
-    /// # let monitor = limited_allocator::MemoryMonitor::builder().build()?;
+    /// # let monitor = limited_allocator::monitor::MemoryMonitor::builder().build()?;
     /// assert_eq!(monitor.stage("sort").name(), "sort");
-    /// # Ok::<(), limited_allocator::MonitorError>(())
+    /// # Ok::<(), limited_allocator::monitor::MonitorError>(())
     /// ```
     pub fn name(&self) -> &str {
         &self.name
@@ -689,7 +705,7 @@ impl fmt::Debug for StageGuard {
 
 impl Drop for StageGuard {
     fn drop(&mut self) {
-        self.shared.observe_stage(&self.name, false);
+        self.shared.observe_stage(&self.name, StageEdge::Exit);
         lock(&self.shared.active_stages).retain(|(id, _)| *id != self.id);
     }
 }
@@ -699,7 +715,8 @@ impl Drop for StageGuard {
 /// dereferences to.
 ///
 /// ```
-/// use limited_allocator::{LimitedAllocator, MemoryMonitor, MonitorEvent};
+/// use limited_allocator::LimitedAllocator;
+/// use limited_allocator::monitor::{MemoryMonitor, MonitorEvent};
 /// use std::sync::{Arc, Mutex};
 ///
 /// static ALLOC: LimitedAllocator = LimitedAllocator::new(std::alloc::System, 1 << 30);
@@ -711,7 +728,7 @@ impl Drop for StageGuard {
 ///     .start()?;
 /// monitor.stop();
 /// assert!(monitor.stats().samples >= 1);
-/// # Ok::<(), limited_allocator::MonitorError>(())
+/// # Ok::<(), limited_allocator::monitor::MonitorError>(())
 /// ```
 pub struct MemoryMonitor {
     handle: MonitorHandle,
@@ -729,11 +746,12 @@ impl fmt::Debug for MemoryMonitor {
 
 impl MemoryMonitor {
     /// A builder with the defaults: no allocator, 1 s interval, 60/80/95 % thresholds,
-    /// 5-point hysteresis, cgroup limit on, PSI on, leak detection over 10 minutes.
+    /// 5-point hysteresis, cgroup limit on, PSI on, leak detection with
+    /// [`LeakConfig::default`] (the floor's trend over 2 hours).
     ///
     /// ```
-    /// let monitor = limited_allocator::MemoryMonitor::builder().build()?;
-    /// # Ok::<(), limited_allocator::MonitorError>(())
+    /// let monitor = limited_allocator::monitor::MemoryMonitor::builder().build()?;
+    /// # Ok::<(), limited_allocator::monitor::MonitorError>(())
     /// ```
     pub fn builder() -> MonitorBuilder {
         MonitorBuilder {
@@ -757,9 +775,9 @@ impl MemoryMonitor {
     /// A cloneable handle for other threads or a metrics collector.
     ///
     /// ```
-    /// let monitor = limited_allocator::MemoryMonitor::builder().build()?;
+    /// let monitor = limited_allocator::monitor::MemoryMonitor::builder().build()?;
     /// let handle = monitor.handle();
-    /// # Ok::<(), limited_allocator::MonitorError>(())
+    /// # Ok::<(), limited_allocator::monitor::MonitorError>(())
     /// ```
     pub fn handle(&self) -> MonitorHandle {
         self.handle.clone()
@@ -768,9 +786,9 @@ impl MemoryMonitor {
     /// Whether the background thread is running.
     ///
     /// ```
-    /// let monitor = limited_allocator::MemoryMonitor::builder().build()?;
+    /// let monitor = limited_allocator::monitor::MemoryMonitor::builder().build()?;
     /// assert!(!monitor.is_running());
-    /// # Ok::<(), limited_allocator::MonitorError>(())
+    /// # Ok::<(), limited_allocator::monitor::MonitorError>(())
     /// ```
     pub fn is_running(&self) -> bool {
         self.thread.as_ref().is_some_and(|t| !t.is_finished())
@@ -780,10 +798,10 @@ impl MemoryMonitor {
     /// listener that is running finishes first. Idempotent; `Drop` does the same.
     ///
     /// ```
-    /// let mut monitor = limited_allocator::MemoryMonitor::builder().start()?;
+    /// let mut monitor = limited_allocator::monitor::MemoryMonitor::builder().start()?;
     /// monitor.stop();
     /// assert!(!monitor.is_running());
-    /// # Ok::<(), limited_allocator::MonitorError>(())
+    /// # Ok::<(), limited_allocator::monitor::MonitorError>(())
     /// ```
     pub fn stop(&mut self) {
         *lock(&self.handle.shared.stop) = true;

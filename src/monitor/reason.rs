@@ -5,7 +5,7 @@ use super::*;
 /// One of the inputs to the combined level.
 ///
 /// ```
-/// use limited_allocator::Signal;
+/// use limited_allocator::monitor::Signal;
 /// assert_eq!(Signal::SystemAvailable.as_str(), "system_available");
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -37,7 +37,7 @@ impl Signal {
     /// The lower-case name used in metric labels.
     ///
     /// ```
-    /// assert_eq!(limited_allocator::Signal::Rss.as_str(), "rss");
+    /// assert_eq!(limited_allocator::monitor::Signal::Rss.as_str(), "rss");
     /// ```
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -63,7 +63,7 @@ impl fmt::Display for Signal {
 /// Where the limit that RSS is measured against came from.
 ///
 /// ```
-/// assert_eq!(limited_allocator::LimitSource::Cgroup.to_string(), "cgroup limit");
+/// assert_eq!(limited_allocator::monitor::LimitSource::Cgroup.to_string(), "cgroup limit");
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
@@ -88,7 +88,8 @@ impl fmt::Display for LimitSource {
 /// `rss 1.8 GiB of 2.0 GiB cgroup limit (90.0%): high`.
 ///
 /// ```
-/// use limited_allocator::{LimitSource, PressureLevel, Reason};
+/// use limited_allocator::PressureLevel;
+/// use limited_allocator::monitor::{LimitSource, Reason};
 /// let r = Reason::Rss {
 ///     level: PressureLevel::High,
 ///     rss_bytes: 1932735283,
@@ -154,7 +155,8 @@ impl Reason {
     /// The signal's level.
     ///
     /// ```
-    /// use limited_allocator::{PressureLevel, Reason};
+    /// use limited_allocator::PressureLevel;
+    /// use limited_allocator::monitor::Reason;
     /// let r = Reason::Psi { level: PressureLevel::Medium, some_avg10: 12.0 };
     /// assert_eq!(r.level(), PressureLevel::Medium);
     /// ```
@@ -171,7 +173,8 @@ impl Reason {
     /// Which signal this is.
     ///
     /// ```
-    /// use limited_allocator::{PressureLevel, Reason, Signal};
+    /// use limited_allocator::PressureLevel;
+    /// use limited_allocator::monitor::{Reason, Signal};
     /// let r = Reason::Psi { level: PressureLevel::Low, some_avg10: 0.0 };
     /// assert_eq!(r.signal(), Signal::Psi);
     /// ```
@@ -260,7 +263,8 @@ impl fmt::Display for Reason {
 /// What listeners are told.
 ///
 /// ```
-/// use limited_allocator::{MonitorEvent, PressureLevel};
+/// use limited_allocator::PressureLevel;
+/// use limited_allocator::monitor::MonitorEvent;
 /// let e = MonitorEvent::LevelChanged {
 ///     from: PressureLevel::Low,
 ///     to: PressureLevel::High,
@@ -280,7 +284,7 @@ pub enum MonitorEvent {
         /// The signals at level `to`, highest first.
         reasons: Vec<Reason>,
     },
-    /// A sustained upward trend was found. See [`crate::TrendDetector`].
+    /// A sustained upward trend was found. See [`crate::leak::TrendDetector`].
     LeakSuspected(LeakSuspected),
 }
 
@@ -316,6 +320,9 @@ pub enum MonitorError {
         /// The margin that was given.
         margin: f64,
     },
+    /// The leak detection config cannot work.
+    #[error(transparent)]
+    Leak(#[from] crate::leak::LeakConfigError),
     /// The operating system refused to start the monitor thread.
     #[error("could not start the memory-monitor thread: {0}")]
     Spawn(#[from] std::io::Error),

@@ -5,7 +5,7 @@ use super::*;
 /// Samples and time spent at one level.
 ///
 /// ```
-/// let s = limited_allocator::LevelStats::default();
+/// let s = limited_allocator::monitor::LevelStats::default();
 /// assert_eq!(s.samples, 0);
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -20,12 +20,12 @@ pub struct LevelStats {
 /// One monitor sample: the budget, the machine and the verdict.
 ///
 /// ```no_run
-/// # let monitor = limited_allocator::MemoryMonitor::builder().build()?;
+/// # let monitor = limited_allocator::monitor::MemoryMonitor::builder().build()?;
 /// let sample = monitor.sample_now();
 /// for reason in &sample.reasons {
 ///     println!("{reason}");
 /// }
-/// # Ok::<(), limited_allocator::MonitorError>(())
+/// # Ok::<(), limited_allocator::monitor::MonitorError>(())
 /// ```
 #[derive(Debug, Clone, PartialEq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
@@ -54,11 +54,11 @@ pub struct MonitorSample {
 /// The monitor's counters. See [`MonitorHandle::stats`].
 ///
 /// ```no_run
-/// # let monitor = limited_allocator::MemoryMonitor::builder().build()?;
+/// # let monitor = limited_allocator::monitor::MemoryMonitor::builder().build()?;
 /// use limited_allocator::PressureLevel;
 /// let stats = monitor.stats();
 /// println!("{:?} at critical", stats.at(PressureLevel::Critical).time);
-/// # Ok::<(), limited_allocator::MonitorError>(())
+/// # Ok::<(), limited_allocator::monitor::MonitorError>(())
 /// ```
 #[derive(Debug, Clone, PartialEq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
@@ -86,9 +86,9 @@ impl MonitorStats {
     /// The statistics of one level.
     ///
     /// ```no_run
-    /// # let monitor = limited_allocator::MemoryMonitor::builder().build()?;
+    /// # let monitor = limited_allocator::monitor::MemoryMonitor::builder().build()?;
     /// let low = monitor.stats().at(limited_allocator::PressureLevel::Low).samples;
-    /// # Ok::<(), limited_allocator::MonitorError>(())
+    /// # Ok::<(), limited_allocator::monitor::MonitorError>(())
     /// ```
     pub fn at(&self, level: PressureLevel) -> LevelStats {
         self.levels[level.index()]
@@ -98,7 +98,7 @@ impl MonitorStats {
 /// Memory use while a stage was active. See [`MonitorHandle::stage`].
 ///
 /// ```
-/// let s = limited_allocator::StageStats::default();
+/// let s = limited_allocator::monitor::StageStats::default();
 /// assert_eq!(s.mean_rss_bytes, None);
 /// ```
 #[derive(Debug, Clone, PartialEq, Default)]

@@ -1,7 +1,7 @@
 //! Tests of the monitor: fake budget sources, fixture trees, real threads.
 
 use super::*;
-use crate::cgroup::tests::Fixture;
+use crate::sampler::cgroup::tests::Fixture;
 use std::sync::atomic::AtomicUsize;
 
 const GIB: u64 = 1 << 30;
@@ -315,8 +315,8 @@ fn time_per_level_and_leaks_with_a_driven_clock() {
         .budget_source(budget.clone())
         .thresholds(PressureThresholds::new(1e-9, 2e-9, 3e-9).unwrap())
         .leak_detection(Some(LeakConfig {
-            window: Duration::from_secs(60),
-            ..LeakConfig::default()
+            min_bytes_per_sec: 1024.0,
+            ..LeakConfig::fast(Duration::from_secs(2))
         }))
         .listener(listener)
         .build()
@@ -343,6 +343,10 @@ fn time_per_level_and_leaks_with_a_driven_clock() {
     assert_eq!(leaks.len(), 1);
     assert_eq!(leaks[0].metric, LeakMetric::AllocatedBytes);
     assert!((leaks[0].bytes_per_sec - MIB as f64).abs() < 1.0);
+    // The fake budget's limit is known: the event says when it is reached.
+    let eta = leaks[0].time_to_limit.unwrap().as_secs_f64();
+    let left = (usize::MAX - 1) as f64 - leaks[0].current_bytes as f64;
+    assert!((eta / (left / MIB as f64) - 1.0).abs() < 0.01, "{eta}");
 
     // A plateau then: time accrues at the level reached, no new leak.
     let before = stats.at(m.level()).time;

@@ -1,6 +1,9 @@
-//! Helpers shared by the tests on standalone instances (each `tests/*.rs` is its own crate
-//! and uses only some of them).
+//! Helpers shared by the tests on standalone instances (`tests/all/` and
+//! `tests/instances.rs`, each of which uses only some of them).
 #![allow(dead_code)]
+
+mod xorshift;
+pub use xorshift::xorshift;
 
 use limited_allocator::LimitedAllocator;
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -30,17 +33,6 @@ pub fn quiet(limit: usize) -> LimitedAllocator {
     let a = LimitedAllocator::new(System, limit);
     a.set_refusal_reporting(false);
     a
-}
-
-/// A deterministic xorshift stream.
-pub fn xorshift(seed: u64) -> impl FnMut() -> u64 {
-    let mut s = seed | 1;
-    move || {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        s
-    }
 }
 
 /// Runs `threads` threads at once that churn blocks on `a` for `rounds` steps each: free a

@@ -20,85 +20,21 @@
 //! on a cgroup v1 machine, see `docs/monitoring.md` and `benches/sampler.rs`), a cached one
 //! about 80 ns.
 
-use crate::cgroup::{read_cgroup_memory, CgroupMemory, CgroupVersion};
+pub(crate) mod cgroup;
+mod psi;
+
+pub use cgroup::{read_cgroup_memory, CgroupMemory, CgroupVersion};
+pub use psi::{parse_psi, Psi};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// Linux pressure-stall information for memory: the share of wall time (in percent) in
-/// which some or all tasks were stalled waiting for memory, averaged over 10 s and 60 s.
-///
-/// ```
-/// let psi = limited_allocator::parse_psi("some avg10=1.50 avg60=0.25 avg300=0.00 total=9\n")
-///     .unwrap();
-/// assert_eq!(psi.some_avg10, Some(1.5));
-/// assert_eq!(psi.full_avg10, None); // no "full" line
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize))]
-pub struct Psi {
-    /// `some avg10`: percent of the last 10 s in which at least one task stalled on memory.
-    pub some_avg10: Option<f64>,
-    /// `some avg60`: the same over 60 s.
-    pub some_avg60: Option<f64>,
-    /// `full avg10`: percent of the last 10 s in which all non-idle tasks stalled.
-    pub full_avg10: Option<f64>,
-    /// `full avg60`: the same over 60 s.
-    pub full_avg60: Option<f64>,
-}
-
-/// Parses the text of `/proc/pressure/memory` or a cgroup's `memory.pressure`.
-/// Returns `None` when neither a `some` nor a `full` average can be read.
-///
-/// ```
-/// use limited_allocator::parse_psi;
-/// let text = "some avg10=12.00 avg60=3.00 avg300=1.00 total=1\n\
-///             full avg10=4.00 avg60=1.00 avg300=0.50 total=1\n";
-/// let psi = parse_psi(text).unwrap();
-/// assert_eq!((psi.some_avg10, psi.full_avg60), (Some(12.0), Some(1.0)));
-/// assert_eq!(parse_psi("garbage"), None);
-/// ```
-pub fn parse_psi(text: &str) -> Option<Psi> {
-    let mut psi = Psi::default();
-    for line in text.lines() {
-        let mut words = line.split_whitespace();
-        let (avg10, avg60) = match words.next() {
-            Some("some") => (&mut psi.some_avg10, &mut psi.some_avg60),
-            Some("full") => (&mut psi.full_avg10, &mut psi.full_avg60),
-            _ => continue,
-        };
-        for word in words {
-            let Some((key, value)) = word.split_once('=') else {
-                continue;
-            };
-            let value = value
-                .parse::<f64>()
-                .ok()
-                .filter(|v| v.is_finite() && *v >= 0.0);
-            match key {
-                "avg10" => *avg10 = value,
-                "avg60" => *avg60 = value,
-                _ => {}
-            }
-        }
-    }
-    let any = [
-        psi.some_avg10,
-        psi.some_avg60,
-        psi.full_avg10,
-        psi.full_avg60,
-    ]
-    .iter()
-    .any(Option::is_some);
-    any.then_some(psi)
-}
-
 /// One reading of everything the allocator cannot see. Fields that could not be read are
 /// `None`.
 ///
 /// ```
-/// use limited_allocator::Sampler;
+/// use limited_allocator::sampler::Sampler;
 /// let sample = Sampler::new().sample();
 /// if let (Some(rss), Some(anon)) = (sample.rss_bytes, sample.rss_anon_bytes) {
 ///     assert!(anon <= rss);
@@ -130,7 +66,7 @@ impl MemorySample {
     /// A sample in which nothing could be read.
     ///
     /// ```
-    /// let empty = limited_allocator::MemorySample::empty();
+    /// let empty = limited_allocator::sampler::MemorySample::empty();
     /// assert_eq!(empty.rss_bytes, None);
     /// ```
     pub const fn empty() -> Self {
@@ -148,7 +84,7 @@ impl MemorySample {
     /// The cgroup's hard limit, when there is one.
     ///
     /// ```
-    /// let s = limited_allocator::MemorySample::empty();
+    /// let s = limited_allocator::sampler::MemorySample::empty();
     /// assert_eq!(s.cgroup_limit_bytes(), None);
     /// ```
     pub fn cgroup_limit_bytes(&self) -> Option<u64> {
@@ -163,7 +99,7 @@ impl MemorySample {
 /// [`sample_fresh`](Self::sample_fresh) always reads.
 ///
 /// ```
-/// use limited_allocator::Sampler;
+/// use limited_allocator::sampler::Sampler;
 /// use std::time::Duration;
 ///
 /// let sampler = Sampler::new().with_max_age(Duration::from_millis(250));
@@ -193,7 +129,7 @@ impl Sampler {
     /// A sampler of the real machine (root `/`) with a 100 ms cache.
     ///
     /// ```
-    /// let sampler = limited_allocator::Sampler::new();
+    /// let sampler = limited_allocator::sampler::Sampler::new();
     /// assert_eq!(sampler.root(), std::path::Path::new("/"));
     /// ```
     pub fn new() -> Self {
@@ -204,7 +140,7 @@ impl Sampler {
     /// for tests against fixture trees, or a host's `/proc` mounted elsewhere.
     ///
     /// ```
-    /// let sampler = limited_allocator::Sampler::with_root("/nonexistent");
+    /// let sampler = limited_allocator::sampler::Sampler::with_root("/nonexistent");
     /// let sample = sampler.sample();
     /// assert_eq!(sample.system_available_bytes, None);
     /// assert_eq!(sample.cgroup, None);
@@ -221,7 +157,7 @@ impl Sampler {
     ///
     /// ```
     /// use std::time::Duration;
-    /// let s = limited_allocator::Sampler::new().with_max_age(Duration::ZERO);
+    /// let s = limited_allocator::sampler::Sampler::new().with_max_age(Duration::ZERO);
     /// assert_eq!(s.max_age(), Duration::ZERO);
     /// ```
     pub fn with_max_age(mut self, max_age: Duration) -> Self {
@@ -232,7 +168,7 @@ impl Sampler {
     /// The root directory read from.
     ///
     /// ```
-    /// let s = limited_allocator::Sampler::with_root("/tmp/fixture");
+    /// let s = limited_allocator::sampler::Sampler::with_root("/tmp/fixture");
     /// assert_eq!(s.root(), std::path::Path::new("/tmp/fixture"));
     /// ```
     pub fn root(&self) -> &Path {
@@ -242,8 +178,8 @@ impl Sampler {
     /// How long a reading is served from the cache.
     ///
     /// ```
-    /// let s = limited_allocator::Sampler::new();
-    /// assert_eq!(s.max_age(), limited_allocator::Sampler::DEFAULT_MAX_AGE);
+    /// let s = limited_allocator::sampler::Sampler::new();
+    /// assert_eq!(s.max_age(), limited_allocator::sampler::Sampler::DEFAULT_MAX_AGE);
     /// ```
     pub fn max_age(&self) -> Duration {
         self.max_age
@@ -252,7 +188,7 @@ impl Sampler {
     /// The cached reading if it is young enough, else a fresh one (which is then cached).
     ///
     /// ```
-    /// let sample = limited_allocator::Sampler::new().sample();
+    /// let sample = limited_allocator::sampler::Sampler::new().sample();
     /// println!("rss: {:?}", sample.rss_bytes);
     /// ```
     pub fn sample(&self) -> MemorySample {
@@ -274,7 +210,7 @@ impl Sampler {
     /// Reads everything now, bypassing (and not updating) the cache.
     ///
     /// ```
-    /// let sample = limited_allocator::Sampler::new().sample_fresh();
+    /// let sample = limited_allocator::sampler::Sampler::new().sample_fresh();
     /// # #[cfg(target_os = "linux")]
     /// assert!(sample.system_total_bytes.unwrap() > 0);
     /// ```
@@ -353,7 +289,7 @@ fn getrusage_max_rss() -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cgroup::tests::Fixture;
+    use crate::sampler::cgroup::tests::Fixture;
 
     const STATUS: &str = "Name:\ttest\nVmPeak:\t  10000 kB\nVmHWM:\t    3000 kB\n\
                           VmRSS:\t    2000 kB\nRssAnon:\t     500 kB\nRssFile:\t 1500 kB\n";
@@ -475,14 +411,6 @@ mod tests {
 
         let empty = Fixture::new("sampler-empty");
         assert_eq!(sampler(&empty).sample(), MemorySample::empty());
-    }
-
-    #[test]
-    fn psi_parser_takes_what_it_can() {
-        assert_eq!(parse_psi(""), None);
-        assert_eq!(parse_psi("some avg10= avg60"), None);
-        let p = parse_psi("full avg60=3.5\nsome nonsense\n").unwrap();
-        assert_eq!((p.full_avg60, p.some_avg10), (Some(3.5), None));
     }
 
     #[test]

@@ -8,8 +8,7 @@ use std::alloc::GlobalAlloc;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::{mpsc, Arc, Barrier};
 
-mod common;
-use common::*;
+use crate::common::*;
 
 /// A raw pointer that may cross threads (the blocks are plain bytes).
 struct Block(*mut u8, usize);
@@ -145,7 +144,9 @@ fn a_new_instance_never_spends_a_dropped_ones_credit() {
 /// keep another from the budget once it makes any call, or exits.
 #[test]
 fn credit_is_recalled_on_refusal() {
-    const LIMIT: usize = 8 << 20;
+    // Roomy enough that one thread may hold the full 512 KiB (1/128 of the limit, the
+    // pool's per-thread share).
+    const LIMIT: usize = 64 << 20;
     let a = Arc::new(quiet(LIMIT));
     let (poke, poked) = mpsc::channel::<bool>();
     let (done, wait_done) = mpsc::channel::<()>();
@@ -288,10 +289,11 @@ fn counts_are_exact_on_one_thread_across_publications() {
 #[test]
 fn queries_subtract_own_credit_of_an_earlier_epoch() {
     use limited_allocator::{PressureLevel, PressureThresholds};
-    const LIMIT: usize = 1 << 20;
+    const LIMIT: usize = 16 << 20;
     let a = quiet(LIMIT);
-    // Medium from 1 % (10486 bytes): above the live bytes, below live bytes plus credit.
-    a.set_thresholds(PressureThresholds::new(1.0, 50.0, 90.0).unwrap());
+    // Medium from 0.5 % (83887 bytes): above the live bytes, below live bytes plus credit
+    // (a batch of 128 KiB, the most one thread may hold at this limit).
+    a.set_thresholds(PressureThresholds::new(0.5, 50.0, 90.0).unwrap());
     let p = alloc(&a, 1000).unwrap(); // takes a batch: this thread now holds credit
     let elsewhere = || std::thread::scope(|s| s.spawn(|| a.allocated_bytes()).join().unwrap());
     let held = elsewhere() - 1000;
@@ -349,4 +351,130 @@ fn queries_ignore_a_dropped_instances_credit() {
         assert_eq!(new.pressure_level(), PressureLevel::Medium);
         free(&new, p, 60_000);
     }
+}
+
+/// All threads' credit together withholds at most `limit / 16` (the bound `B` of
+/// `docs/design.md`), whatever the number of threads: 64 and 512 threads each take credit
+/// in a burst (allocations, then frees the hold keeps) and stay alive, idle. With nothing
+/// live, the budget reads at most `B` used, a reservation of `limit - B` succeeds, and so
+/// does one of `limit / 2 - B` after the limit is halved (the idle threads never answer the
+/// recall: their credit stays, but within the bound). Then they exit and everything comes
+/// back.
+#[test]
+fn credit_is_bounded_in_total_under_many_idle_threads() {
+    const LIMIT: usize = 64 << 20;
+    const BOUND: usize = LIMIT / 16;
+    for threads in [64, 512] {
+        let a = quiet(LIMIT);
+        let burst_done = Barrier::new(threads + 1);
+        let checked = Barrier::new(threads + 1);
+        std::thread::scope(|s| {
+            let mut handles = Vec::new();
+            for t in 0..threads {
+                let (a, burst_done, checked) = (&a, &burst_done, &checked);
+                let h = std::thread::Builder::new()
+                    .stack_size(64 << 10)
+                    .spawn_scoped(s, move || {
+                        let mut next = xorshift(t as u64 + 1);
+                        let blocks: Vec<(*mut u8, usize)> = (0..64)
+                            .map(|_| {
+                                let size = 16 + next() as usize % 8192;
+                                (alloc(a, size).expect("far from the limit"), size)
+                            })
+                            .collect();
+                        for (p, size) in blocks {
+                            free(a, p, size);
+                        }
+                        burst_done.wait();
+                        checked.wait(); // idle, holding whatever credit it kept
+                    })
+                    .unwrap();
+                handles.push(h);
+            }
+            burst_done.wait();
+            let used = a.allocated_bytes();
+            assert!(
+                used <= BOUND,
+                "{threads} idle threads withhold {used} > {BOUND}"
+            );
+            let r = a.try_reserve(LIMIT - BOUND);
+            assert!(r.is_ok(), "{threads} threads: {:?}", r.err());
+            drop(r);
+            // A lowered limit: the idle threads' credit (carved under the old bound) stays,
+            // and the rest of the new limit is usable.
+            a.set_limit(LIMIT / 2);
+            let r = a.try_reserve(LIMIT / 2 - BOUND);
+            assert!(r.is_ok(), "{threads} threads, lowered limit: {:?}", r.err());
+            drop(r);
+            a.set_limit(LIMIT);
+            checked.wait();
+            // Joined explicitly: that waits for each thread's exit (its TLS destructors).
+            handles.into_iter().for_each(|h| h.join().unwrap());
+        });
+        assert_eq!(a.allocated_bytes(), 0, "{threads} threads exited");
+        let s = a.stats();
+        assert_eq!(s.allocations, s.deallocations);
+        assert_eq!(s.allocations, threads as u64 * 64);
+    }
+}
+
+/// A reservation of every byte of an unlimited instance (or one grown to it) gives its
+/// bytes back when dropped: no value of the held headroom means "closed".
+#[test]
+fn a_reservation_of_usize_max_is_given_back() {
+    let a = quiet(usize::MAX);
+    let r = a
+        .try_reserve(usize::MAX)
+        .expect("everything fits an unlimited budget");
+    assert_eq!(
+        (r.headroom(), a.allocated_bytes()),
+        (usize::MAX, usize::MAX)
+    );
+    drop(r);
+    assert_eq!(a.allocated_bytes(), 0);
+    let r = a.try_reserve(1).unwrap();
+    r.grow(usize::MAX - 1).unwrap();
+    assert_eq!(r.headroom(), usize::MAX);
+    drop(r);
+    assert_eq!(a.allocated_bytes(), 0);
+    assert!(a.try_reserve(usize::MAX).is_ok());
+}
+
+/// A thread that made a peak before `reset_peak` and exits after it does not bring the old
+/// peak back (its exit posts the window's peak only if it is of the current generation).
+#[test]
+fn an_exiting_thread_brings_back_no_peak_from_before_a_reset() {
+    let a = quiet(64 << 20);
+    let (blocks_tx, blocks_rx) = mpsc::channel::<Vec<Block>>();
+    let (go, wait_go) = mpsc::channel::<()>();
+    std::thread::scope(|s| {
+        let a = &a;
+        let holder = s.spawn(move || {
+            // 200 000 bytes from one batch (256 KiB): this thread's window now has a peak
+            // candidate of 200 000 and no slow path published it; the blocks are freed on
+            // the main thread, so this thread's credit stays at the batch's rest.
+            let blocks = (0..200)
+                .map(|_| Block(alloc(a, 1000).unwrap(), 1000))
+                .collect();
+            blocks_tx.send(blocks).unwrap();
+            wait_go.recv().unwrap();
+        });
+        for b in blocks_rx.recv().unwrap() {
+            free(a, b.0, b.1);
+        }
+        a.reset_peak();
+        let after_reset = a.peak_bytes();
+        let sent = go.send(());
+        assert!(after_reset < 100_000, "peak {after_reset} after the reset");
+        sent.unwrap();
+        // Joined explicitly: that waits for the thread's exit (its TLS destructors).
+        holder.join().unwrap();
+    });
+    // The thread has exited and posted its credit, counts and peak.
+    assert_eq!(a.allocated_bytes(), 0);
+    assert!(
+        a.peak_bytes() < 100_000,
+        "an old peak came back: {}",
+        a.peak_bytes()
+    );
 }

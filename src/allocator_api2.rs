@@ -25,17 +25,24 @@ fn block(ptr: NonNull<u8>, len: usize) -> NonNull<[u8]> {
     NonNull::slice_from_raw_parts(ptr, len)
 }
 
+/// What the new bytes of a block hold: `allocate`/`grow` leave them as they are, the
+/// `_zeroed` forms zero them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fill {
+    Uninit,
+    Zeroed,
+}
+
 impl<A: GlobalAlloc> LimitedAllocator<A> {
-    fn api_fresh(&self, layout: Layout, zeroed: bool) -> Result<NonNull<[u8]>, AllocError> {
+    fn api_fresh(&self, layout: Layout, fill: Fill) -> Result<NonNull<[u8]>, AllocError> {
         if layout.size() == 0 {
             return Ok(block(dangling(layout), 0));
         }
         // SAFETY: the layout has a non-zero size.
         let raw = unsafe {
-            if zeroed {
-                GlobalAlloc::alloc_zeroed(self, layout)
-            } else {
-                GlobalAlloc::alloc(self, layout)
+            match fill {
+                Fill::Zeroed => GlobalAlloc::alloc_zeroed(self, layout),
+                Fill::Uninit => GlobalAlloc::alloc(self, layout),
             }
         };
         NonNull::new(raw)
@@ -52,9 +59,9 @@ impl<A: GlobalAlloc> LimitedAllocator<A> {
         ptr: NonNull<u8>,
         old: Layout,
         new: Layout,
-        zeroed: bool,
+        fill: Fill,
     ) -> Result<NonNull<[u8]>, AllocError> {
-        let fresh = self.api_fresh(new, zeroed)?;
+        let fresh = self.api_fresh(new, fill)?;
         let len = old.size().min(new.size());
         // SAFETY: both blocks are valid for `len` bytes (each is at least that large), and
         // they do not overlap: the new one was just allocated while the old one is live.
@@ -74,13 +81,13 @@ impl<A: GlobalAlloc> LimitedAllocator<A> {
         ptr: NonNull<u8>,
         old: Layout,
         new: Layout,
-        zeroed: bool,
+        fill: Fill,
     ) -> Result<NonNull<[u8]>, AllocError> {
         if old.size() == 0 {
-            return self.api_fresh(new, zeroed);
+            return self.api_fresh(new, fill);
         }
         // SAFETY: the caller's contract; both sizes are non-zero here.
-        unsafe { self.api_resize(ptr, old, new, zeroed) }
+        unsafe { self.api_resize(ptr, old, new, fill) }
     }
 
     /// Resizes a non-empty block in place or by `realloc` when the alignment is unchanged,
@@ -94,18 +101,18 @@ impl<A: GlobalAlloc> LimitedAllocator<A> {
         ptr: NonNull<u8>,
         old: Layout,
         new: Layout,
-        zeroed: bool,
+        fill: Fill,
     ) -> Result<NonNull<[u8]>, AllocError> {
         if old.align() != new.align() {
             // SAFETY: forwarded from the caller.
-            return unsafe { self.api_relocate(ptr, old, new, zeroed) };
+            return unsafe { self.api_relocate(ptr, old, new, fill) };
         }
         // SAFETY: `ptr` was allocated by us with `old` (caller), `new.size()` is non-zero,
         // and `new` is a valid layout with the same alignment, so rounding it up cannot
         // overflow `isize`.
         let raw = unsafe { GlobalAlloc::realloc(self, ptr.as_ptr(), old, new.size()) };
         let moved = NonNull::new(raw).ok_or(AllocError)?;
-        if zeroed && new.size() > old.size() {
+        if fill == Fill::Zeroed && new.size() > old.size() {
             // SAFETY: the block is `new.size()` bytes long; the tail past `old.size()` is ours.
             unsafe {
                 moved
@@ -144,11 +151,11 @@ impl<A: GlobalAlloc> LimitedAllocator<A> {
 // reference) is alive, and blocks may be freed through any reference to the same instance.
 unsafe impl<A: GlobalAlloc> Allocator for LimitedAllocator<A> {
     fn allocate(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
-        self.api_fresh(layout, false)
+        self.api_fresh(layout, Fill::Uninit)
     }
 
     fn allocate_zeroed(&self, layout: Layout) -> Result<NonNull<[u8]>, AllocError> {
-        self.api_fresh(layout, true)
+        self.api_fresh(layout, Fill::Zeroed)
     }
 
     unsafe fn deallocate(&self, ptr: NonNull<u8>, layout: Layout) {
@@ -166,7 +173,7 @@ unsafe impl<A: GlobalAlloc> Allocator for LimitedAllocator<A> {
         new: Layout,
     ) -> Result<NonNull<[u8]>, AllocError> {
         // SAFETY: the caller's contract for `grow`, which `api_grow` shares.
-        unsafe { self.api_grow(ptr, old, new, false) }
+        unsafe { self.api_grow(ptr, old, new, Fill::Uninit) }
     }
 
     unsafe fn grow_zeroed(
@@ -176,7 +183,7 @@ unsafe impl<A: GlobalAlloc> Allocator for LimitedAllocator<A> {
         new: Layout,
     ) -> Result<NonNull<[u8]>, AllocError> {
         // SAFETY: the caller's contract for `grow_zeroed`, which `api_grow` shares.
-        unsafe { self.api_grow(ptr, old, new, true) }
+        unsafe { self.api_grow(ptr, old, new, Fill::Zeroed) }
     }
 
     unsafe fn shrink(
@@ -191,6 +198,6 @@ unsafe impl<A: GlobalAlloc> Allocator for LimitedAllocator<A> {
             return Ok(block(dangling(new), 0));
         }
         // SAFETY: the caller's contract; `new.size() > 0` and so `old.size() > 0`.
-        unsafe { self.api_resize(ptr, old, new, false) }
+        unsafe { self.api_resize(ptr, old, new, Fill::Uninit) }
     }
 }

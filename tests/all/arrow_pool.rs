@@ -3,11 +3,11 @@
 #![cfg(feature = "arrow")]
 
 use arrow_buffer::{Buffer, MemoryPool, MemoryReservation, MutableBuffer};
-use limited_allocator::{LimitedAllocator, PoolRole};
+use limited_allocator::arrow::PoolRole;
+use limited_allocator::LimitedAllocator;
 use std::alloc::System;
 
-mod common;
-use common::*;
+use crate::common::*;
 
 fn buffer(bytes: usize) -> Buffer {
     Buffer::from_vec(vec![7u8; bytes])

@@ -21,7 +21,7 @@ const V1_UNLIMITED_FROM: u64 = 1 << 62;
 /// Which cgroup hierarchy the memory controller was found in.
 ///
 /// ```
-/// use limited_allocator::{read_cgroup_memory, CgroupVersion};
+/// use limited_allocator::sampler::{read_cgroup_memory, CgroupVersion};
 /// if let Some(cg) = read_cgroup_memory(std::path::Path::new("/")) {
 ///     let file = match cg.version {
 ///         CgroupVersion::V1 => "memory.limit_in_bytes",
@@ -47,7 +47,7 @@ pub enum CgroupVersion {
 /// its file is missing or unreadable, never a guess.
 ///
 /// ```
-/// let cg = limited_allocator::read_cgroup_memory(std::path::Path::new("/"));
+/// let cg = limited_allocator::sampler::read_cgroup_memory(std::path::Path::new("/"));
 /// let container_limit = cg.and_then(|c| c.limit_bytes); // None: no limit, or not in a container
 /// println!("{container_limit:?}");
 /// ```
@@ -82,7 +82,7 @@ pub struct CgroupMemory {
 ///
 /// ```
 /// // On any machine this returns without panicking; inside a container it finds the limit.
-/// let cg = limited_allocator::read_cgroup_memory(std::path::Path::new("/"));
+/// let cg = limited_allocator::sampler::read_cgroup_memory(std::path::Path::new("/"));
 /// if let Some(cg) = cg {
 ///     println!("cgroup {:?} limit {:?}", cg.version, cg.limit_bytes);
 /// }

@@ -1,12 +1,10 @@
 //! Adaptive chunked processing: chunk sizes follow the pressure of a standalone budget.
 
-use limited_allocator::{
-    process_in_chunks, AdaptiveChunker, ChunkConfig, ChunkError, PressureLevel,
-};
+use limited_allocator::chunking::{process_in_chunks, AdaptiveChunker, ChunkConfig, ChunkError};
+use limited_allocator::PressureLevel;
 use std::cell::{Cell, RefCell};
 
-mod common;
-use common::*;
+use crate::common::*;
 
 #[test]
 fn a_tight_budget_shrinks_the_chunks_and_room_grows_them_back() {
@@ -240,7 +238,7 @@ fn an_empty_table_has_no_chunks() {
 #[test]
 fn arrow_buffers_slice_by_chunk() {
     use arrow_buffer::{BooleanBuffer, NullBuffer, OffsetBuffer, ScalarBuffer};
-    use limited_allocator::SliceRows;
+    use limited_allocator::chunking::SliceRows;
 
     let budget = quiet(1 << 20);
     let values = ScalarBuffer::from((0..1000i64).collect::<Vec<_>>());
@@ -263,4 +261,87 @@ fn arrow_buffers_slice_by_chunk() {
     .unwrap();
     assert_eq!(sum, 499_500);
     assert_eq!(valid, 1000 - 334);
+}
+
+/// A `/proc` tree of its own for the monitor's sampler, whose RSS the test sets.
+struct FakeProc(std::path::PathBuf);
+
+impl FakeProc {
+    fn new(name: &str) -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("limited-allocator-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("proc/self")).unwrap();
+        Self(dir)
+    }
+
+    fn set_rss(&self, bytes: u64) {
+        let kib = bytes >> 10;
+        let status = format!("VmRSS:\t{kib} kB\nRssAnon:\t{kib} kB\n");
+        std::fs::write(self.0.join("proc/self/status"), status).unwrap();
+    }
+}
+
+impl Drop for FakeProc {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Only RSS rises (memory the allocator never sees): a chunker steered by the monitor's
+/// combined level shrinks its chunks, one steered by the allocator alone does not.
+#[test]
+fn chunks_follow_a_monitor_when_only_rss_rises() {
+    use limited_allocator::monitor::MemoryMonitor;
+    use limited_allocator::sampler::Sampler;
+    use std::time::Duration;
+    let proc = FakeProc::new("chunking-rss");
+    proc.set_rss(100 << 20);
+    let budget = limited_allocator::LimitedAllocator::new(std::alloc::System, 1 << 30);
+    let monitor = MemoryMonitor::builder()
+        .sampler(Sampler::with_root(&proc.0).with_max_age(Duration::ZERO))
+        .max_process_memory(1 << 30)
+        .use_cgroup_limit(false)
+        .psi_thresholds(None)
+        .leak_detection(None)
+        .build()
+        .unwrap();
+    monitor.sample_now();
+    let config = ChunkConfig::new(256, 64)
+        .with_min_rows(4)
+        .with_check_every(1);
+
+    // RSS climbs 150 MiB per chunk towards the 1 GiB process limit; the allocator's own
+    // bytes stay where they are.
+    let run = |source: &dyn limited_allocator::chunking::PressureSource| {
+        let mut rss = 100u64 << 20;
+        proc.set_rss(rss);
+        monitor.sample_now();
+        let mut sizes = Vec::new();
+        let mut chunker = AdaptiveChunker::new(source, 1600, config).unwrap();
+        while let Some(rows) = chunker.next_chunk() {
+            sizes.push(rows.unwrap().len());
+            rss = (rss + (150 << 20)).min(1000 << 20);
+            proc.set_rss(rss);
+            monitor.sample_now(); // what the monitor thread does every interval
+        }
+        (sizes, chunker.report())
+    };
+    let (by_monitor, report) = run(&*monitor);
+    assert_eq!(budget.pressure_level(), PressureLevel::Low);
+    assert_eq!(by_monitor[..5], [256; 5]);
+    // High from 80 % (halving), Critical from 95 % (quartering) down to the floor.
+    assert_eq!(*by_monitor.last().unwrap(), 4, "{by_monitor:?}");
+    assert!(report.at(PressureLevel::Critical).chunks > 0, "{report:?}");
+    assert!(report.shrinks >= 3, "{report:?}");
+
+    let (by_allocator, report) = run(&budget);
+    // All full chunks but the table's remainder.
+    assert!(
+        by_allocator[..by_allocator.len() - 1]
+            .iter()
+            .all(|&n| n == 256),
+        "{by_allocator:?}"
+    );
+    assert_eq!(report.shrinks, 0, "{report:?}");
 }

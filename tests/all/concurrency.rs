@@ -6,6 +6,7 @@
 //! allocator has really handed out. If that figure ever passes the limit, the allocator
 //! granted more than its budget.
 
+use crate::common::xorshift;
 use limited_allocator::LimitedAllocator;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
@@ -18,25 +19,9 @@ const MAX_SIZE: usize = 8 << 10;
 /// Blocks a thread keeps at most before it frees one anyway.
 const MAX_LIVE: usize = 64;
 
-/// A small deterministic generator (xorshift64*), seeded per thread.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    /// Uniform in `lo..=hi`.
-    fn range(&mut self, lo: usize, hi: usize) -> usize {
-        lo + (self.next() % (hi - lo + 1) as u64) as usize
-    }
+/// Uniform in `lo..=hi`, from a stream of the tests' one generator.
+fn range(rng: &mut impl FnMut() -> u64, lo: usize, hi: usize) -> usize {
+    lo + (rng() % (hi - lo + 1) as u64) as usize
 }
 
 fn quiet(exact: bool, limit: usize) -> Arc<LimitedAllocator> {
@@ -100,25 +85,25 @@ impl Block {
 
 /// One worker: random allocs, frees, reallocs (grow and shrink) and reservations.
 fn worker(a: &LimitedAllocator, granted: &Granted, seed: u64) {
-    let mut rng = Rng::new(seed);
+    let mut rng = xorshift(seed);
     let mut live: Vec<Block> = Vec::with_capacity(MAX_LIVE);
     let mut reservations = Vec::new();
     for i in 0..OPS_PER_THREAD {
-        let roll = rng.range(0, 99);
+        let roll = range(&mut rng, 0, 99);
         if live.len() >= MAX_LIVE || (roll < 30 && !live.is_empty()) {
             // Free a random block.
-            let b = live.swap_remove(rng.range(0, live.len() - 1));
+            let b = live.swap_remove(range(&mut rng, 0, live.len() - 1));
             b.check();
             granted.sub(b.layout.size());
             // SAFETY: `b.ptr` was allocated by `a` with `b.layout` and is freed once.
             unsafe { a.dealloc(b.ptr, b.layout) };
         } else if roll < 50 && !live.is_empty() {
             // Realloc a random block to a random size.
-            let idx = rng.range(0, live.len() - 1);
+            let idx = range(&mut rng, 0, live.len() - 1);
             let b = &mut live[idx];
             b.check();
             let old = b.layout.size();
-            let new = rng.range(1, MAX_SIZE);
+            let new = range(&mut rng, 1, MAX_SIZE);
             if new < old {
                 granted.sub(old - new);
             }
@@ -138,7 +123,7 @@ fn worker(a: &LimitedAllocator, granted: &Granted, seed: u64) {
             }
         } else if roll < 55 {
             // Reserve headroom for a while (dropped a few operations later).
-            let bytes = rng.range(1, MAX_SIZE);
+            let bytes = range(&mut rng, 1, MAX_SIZE);
             if let Ok(r) = a.try_reserve(bytes) {
                 granted.add(bytes);
                 reservations.push((r, bytes));
@@ -149,8 +134,8 @@ fn worker(a: &LimitedAllocator, granted: &Granted, seed: u64) {
                 drop(r);
             }
         } else {
-            let size = rng.range(1, MAX_SIZE);
-            let align = 1 << rng.range(0, 6);
+            let size = range(&mut rng, 1, MAX_SIZE);
+            let align = 1 << range(&mut rng, 0, 6);
             let layout = Layout::from_size_align(size, align).unwrap();
             // SAFETY: `layout` has a non-zero size.
             let p = unsafe { a.alloc(layout) };
@@ -272,14 +257,14 @@ fn other_threads_credit_is_bounded_slack_and_comes_back() {
         .map(|t| {
             let (a, phase) = (a.clone(), phase.clone());
             thread::spawn(move || {
-                let mut rng = Rng::new(t as u64 + 1);
+                let mut rng = xorshift(t as u64 + 1);
                 let keep = Layout::from_size_align(KEEP, 8).unwrap();
                 // SAFETY: non-zero size.
                 let kept = unsafe { a.alloc(keep) };
                 assert!(!kept.is_null());
                 // Churn so that the thread holds credit.
                 for _ in 0..2000 {
-                    let l = Layout::from_size_align(rng.range(1, 64 << 10), 8).unwrap();
+                    let l = Layout::from_size_align(range(&mut rng, 1, 64 << 10), 8).unwrap();
                     // SAFETY: non-zero size; freed right away with the same layout.
                     unsafe {
                         let p = a.alloc(l);

@@ -4,8 +4,7 @@
 use limited_allocator::{LimitedAllocator, PressureLevel, PressureThresholds};
 use std::alloc::{GlobalAlloc, Layout, System};
 
-mod common;
-use common::*;
+use crate::common::*;
 
 #[test]
 fn half_used_is_fifty_percent() {

@@ -3,8 +3,7 @@
 use limited_allocator::{LimitedAllocator, Overflow};
 use std::alloc::GlobalAlloc;
 
-mod common;
-use common::*;
+use crate::common::*;
 
 fn alloc(a: &LimitedAllocator, size: usize) -> Option<usize> {
     let p = unsafe { a.alloc(layout(size)) };
@@ -76,7 +75,8 @@ fn refuse_overflow_caps_the_operation() {
     let g = r.enter();
     let p = alloc(&a, 800).unwrap();
     assert!(alloc(&a, 300).is_none(), "past the reservation: refused");
-    assert_eq!((r.refusals(), a.stats().refusals), (1, 1));
+    // The reservation's refusal, not the allocator's: its budget had room.
+    assert_eq!((r.refusals(), a.stats().refusals), (1, 0));
     let q = alloc(&a, 200).unwrap();
     assert_eq!((r.used(), r.headroom()), (1000, 0));
     free(&a, p, 800);
@@ -126,8 +126,9 @@ fn nesting_serves_the_innermost_and_restores_the_outer() {
     // A free gives back to the reservation entered now (up to what it used).
     assert_eq!((outer.used(), inner.used()), (150, 150));
     drop(gi);
+    // Inner is left everywhere now: its `used` is let go (q is plain memory from here).
     let t = alloc(&a, 300).unwrap();
-    assert_eq!((outer.used(), inner.used()), (450, 150));
+    assert_eq!((outer.used(), inner.used()), (450, 0));
     free(&a, t, 300);
     free(&a, p, 100);
     free(&a, q, 200);
@@ -155,9 +156,9 @@ fn out_of_order_guard_drops_leave_nothing_entered() {
     drop(g2);
     // Nothing is entered now: a large allocation goes to the shared budget.
     let big = alloc(&a, 1000).expect("still entered after all guards dropped");
-    assert_eq!((r1.used(), r2.used(), r1.refusals()), (0, 60, 0));
+    assert_eq!((r1.used(), r2.used(), r1.refusals()), (0, 0, 0));
     free(&a, big, 1000);
-    free(&a, p, 60); // outside: r2 still counts the 60 as used
+    free(&a, p, 60); // outside, after r2 was left everywhere (its `used` let go at once)
 
     // Three deep, the middle one first, then re-entering before the rest goes.
     let g1 = r1.enter();
@@ -170,16 +171,18 @@ fn out_of_order_guard_drops_leave_nothing_entered() {
     let q = alloc(&a, 10).unwrap();
     assert_eq!(
         (r1.used(), r2.used()),
-        (20, 60),
+        (20, 0),
         "back to g1 (r1), skipping dead g2"
     );
     let g4 = r2.enter();
     drop(g1);
     let s = alloc(&a, 5).unwrap();
-    assert_eq!(r2.used(), 65);
+    assert_eq!(r2.used(), 5);
     drop(g4);
     let big = alloc(&a, 1000).unwrap();
-    assert_eq!((r1.used(), r2.used()), (20, 65));
+    // Both left everywhere: what they allocated is the allocator's plain memory now.
+    assert_eq!((r1.used(), r2.used()), (0, 0));
+    assert_eq!((r1.peak_used(), r2.peak_used()), (20, 60));
     for (p, n) in [(big, 1000), (p, 10), (q, 10), (s, 5)] {
         free(&a, p, n);
     }
@@ -223,8 +226,8 @@ fn allocated_inside_freed_outside_leaves_no_drift() {
     for p in ps {
         free(&a, p, 100);
     }
-    // The reservation cannot know the bytes went: they still read as used by it...
-    assert_eq!((r.used(), r.headroom()), (1000, 3096));
+    // Left everywhere, the reservation let its `used` go (it could not see these frees)...
+    assert_eq!((r.used(), r.headroom(), r.peak_used()), (0, 3096, 1000));
     // ...but the budget is exact: headroom only, the freed bytes are not charged.
     assert_eq!(a.allocated_bytes(), 3096);
     drop(r);
@@ -345,4 +348,51 @@ fn reservations_of_two_instances_are_entered_independently() {
     }
     drop((ra, rb));
     assert_eq!((a.allocated_bytes(), b.allocated_bytes()), (0, 0));
+}
+
+/// Blocks allocated inside and freed outside (after leaving, on another thread) do not
+/// make `used` (and `size`) grow enterings after enterings: it is let go at each leaving.
+#[test]
+fn used_does_not_grow_when_blocks_are_freed_outside() {
+    let a = quiet(1 << 20);
+    let r = a.try_reserve(1000).unwrap(); // Overflow::Grow: each block overflows the headroom
+    for round in 0..100 {
+        let g = r.enter();
+        let p = alloc(&a, 4000).unwrap();
+        assert_eq!(r.used(), 4000, "round {round}");
+        drop(g);
+        assert_eq!((r.used(), r.size()), (0, 1000), "round {round}");
+        // Joined explicitly: `join` returns after the thread's exit handed its credit back.
+        std::thread::scope(|s| s.spawn(|| free(&a, p, 4000)).join().unwrap());
+    }
+    assert_eq!(r.peak_used(), 4000);
+    assert_eq!(a.allocated_bytes(), 1000);
+    drop(r);
+    assert_eq!(a.allocated_bytes(), 0);
+}
+
+/// A refusal over a refusing reservation's own headroom is its own: the allocator counts
+/// nothing (its budget had room) and goes on serving the same request outside.
+#[test]
+fn a_refusing_reservations_refusal_stays_local() {
+    let a = quiet(1 << 20);
+    let r = a.try_reserve(1000).unwrap();
+    r.set_overflow(Overflow::Refuse);
+    let g = r.enter();
+    for _ in 0..10 {
+        assert!(alloc(&a, 2000).is_none());
+    }
+    let s = a.stats();
+    assert_eq!((r.refusals(), s.refusals, s.refused_bytes), (10, 0, 0));
+    drop(g);
+    let p = alloc(&a, 2000).expect("the allocator's budget has room");
+    free(&a, p, 2000);
+    // Under Overflow::Grow a request the shared budget cannot cover is both's refusal.
+    r.set_overflow(Overflow::Grow);
+    let g = r.enter();
+    assert!(alloc(&a, 2 << 20).is_none());
+    assert_eq!((r.refusals(), a.stats().refusals), (11, 1));
+    drop(g);
+    drop(r);
+    assert_eq!(a.allocated_bytes(), 0);
 }

@@ -8,8 +8,7 @@ use hashbrown::HashMap;
 use std::alloc::Layout;
 use std::ptr::NonNull;
 
-mod common;
-use common::*;
+use crate::common::*;
 
 #[test]
 fn a_hashbrown_map_draws_from_its_budget_and_gets_errors_past_it() {

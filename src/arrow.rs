@@ -36,7 +36,8 @@ use std::alloc::{GlobalAlloc, Layout};
 /// charged the bytes). Set with [`LimitedAllocator::set_pool_role`]; see `docs/arrow.md`.
 ///
 /// ```
-/// use limited_allocator::{LimitedAllocator, PoolRole};
+/// use limited_allocator::LimitedAllocator;
+/// use limited_allocator::arrow::PoolRole;
 /// let pool = LimitedAllocator::new(std::alloc::System, 1 << 20);
 /// // Not the global allocator of this program: the probe finds that out.
 /// assert_eq!(pool.pool_role(), PoolRole::Standalone);
@@ -75,7 +76,8 @@ impl<A: GlobalAlloc> LimitedAllocator<A> {
     /// allocator charges the claimed bytes twice.
     ///
     /// ```
-    /// use limited_allocator::{LimitedAllocator, PoolRole};
+    /// use limited_allocator::LimitedAllocator;
+    /// use limited_allocator::arrow::PoolRole;
     /// use arrow_buffer::MemoryPool;
     ///
     /// let pool = LimitedAllocator::new(std::alloc::System, 1000);
@@ -98,7 +100,8 @@ impl<A: GlobalAlloc> LimitedAllocator<A> {
     /// running the [`PoolRole::Auto`] probe first if the role is not decided yet.
     ///
     /// ```
-    /// use limited_allocator::{LimitedAllocator, PoolRole};
+    /// use limited_allocator::LimitedAllocator;
+    /// use limited_allocator::arrow::PoolRole;
     /// let pool = LimitedAllocator::new(std::alloc::System, 1000);
     /// assert_eq!(pool.pool_role(), PoolRole::Standalone);
     /// pool.set_pool_role(PoolRole::Global);

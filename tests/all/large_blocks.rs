@@ -8,8 +8,7 @@
 use std::alloc::GlobalAlloc;
 use std::sync::{mpsc, Arc};
 
-mod common;
-use common::*;
+use crate::common::*;
 
 /// 4 KiB to 1 MiB, log-uniform (the shape of the `mixed_4KiB_1MiB` bench): a third of
 /// them above 256 KiB.
