@@ -46,6 +46,8 @@ pub mod timeline;
 pub mod allocator_api2;
 #[cfg(feature = "arrow")]
 pub mod arrow;
+#[cfg(feature = "datafusion")]
+pub mod datafusion;
 #[cfg(feature = "tower")]
 pub mod tower;
 #[cfg(feature = "tracing")]

@@ -8,6 +8,7 @@
 //! | name | type | labels |
 //! |---|---|---|
 //! | `allocated_bytes`, `peak_allocated_bytes`, `limit_bytes`, `reserved_bytes`, `pool_claimed_bytes` | gauge | |
+//! | `datafusion_reserved_bytes`, `datafusion_unreserved_bytes`, `datafusion_rss_unreserved_bytes` (a `DataFusionPool` as the source) | gauge | |
 //! | `allocations_total`, `deallocations_total`, `reallocations_total`, `refusals_total`, `refused_bytes_total`, `inner_failures_total` | counter | |
 //! | `overdraft_limit_bytes`, `overdraft_peak_bytes` | gauge | |
 //! | `overdraft_grants_total`, `overdraft_bytes_total` | counter | |
@@ -76,6 +77,12 @@ pub struct AllocatorSnapshot {
     pub overdraft_bytes: Option<u64>,
     /// The highest charge above the limit the overdraft reached (apart from `peak_bytes`).
     pub overdraft_peak_bytes: Option<u64>,
+    /// Bytes reserved in the DataFusion pool (when the source is a `DataFusionPool`).
+    pub datafusion_reserved_bytes: Option<u64>,
+    /// Bytes charged less bytes reserved in the DataFusion pool: the real memory DataFusion
+    /// holds outside its reservations (plus everything else the process allocates).
+    /// Negative when reservations count bytes that are not new (shared input batches).
+    pub datafusion_unreserved_bytes: Option<i64>,
 }
 
 /// Time and samples at one level, in a [`Snapshot`].
@@ -138,6 +145,9 @@ pub struct Snapshot {
     pub leaks_suspected: u64,
     /// Per-stage statistics.
     pub stages: Vec<StageStats>,
+    /// RSS less the bytes reserved in the DataFusion pool (when the monitor watches a
+    /// `DataFusionPool` and RSS could be read).
+    pub datafusion_rss_unreserved_bytes: Option<i64>,
 }
 
 impl Snapshot {
@@ -192,6 +202,10 @@ impl MonitorHandle {
                 a.overdraft_bytes = Some(st.overdraft_bytes);
                 a.overdraft_peak_bytes = Some(st.overdraft_peak_bytes as u64);
             }
+            if let Some(reserved) = s.datafusion_reserved_bytes() {
+                a.datafusion_reserved_bytes = Some(reserved as u64);
+                a.datafusion_unreserved_bytes = Some(signed_gap(a.allocated_bytes, reserved));
+            }
             a
         });
         let (memory, reasons, process_limit_bytes) = match &stats.last {
@@ -210,7 +224,13 @@ impl MonitorHandle {
                 seconds: l.time.as_secs_f64(),
             }
         });
+        let datafusion_rss_unreserved_bytes = allocator
+            .as_ref()
+            .and_then(|a| a.datafusion_reserved_bytes)
+            .zip(memory.rss_bytes)
+            .map(|(reserved, rss)| signed_gap(rss, reserved as usize));
         Snapshot {
+            datafusion_rss_unreserved_bytes,
             uptime_seconds: self.uptime().as_secs_f64(),
             level: self.level(),
             reasons,
@@ -227,6 +247,12 @@ impl MonitorHandle {
             stages: self.stage_stats(),
         }
     }
+}
+
+/// `whole - part` as a signed number, saturating at i64's ends.
+fn signed_gap(whole: u64, part: usize) -> i64 {
+    let gap = i128::from(whole) - part as i128;
+    i64::try_from(gap).unwrap_or(if gap < 0 { i64::MIN } else { i64::MAX })
 }
 
 #[cfg(feature = "serde")]
@@ -447,6 +473,18 @@ mod prom {
                     "Bytes claimed through the Arrow memory pool.",
                     a.pool_claimed_bytes,
                 )?;
+                out.bytes(
+                    "datafusion_reserved",
+                    "Bytes reserved in the DataFusion pool.",
+                    a.datafusion_reserved_bytes,
+                )?;
+                if let Some(gap) = a.datafusion_unreserved_bytes {
+                    out.gauge(
+                        "datafusion_unreserved_bytes",
+                        "Bytes charged less bytes reserved in the DataFusion pool.",
+                        gap,
+                    )?;
+                }
                 out.counter("allocations", "Allocations granted.", false, a.allocations)?;
                 out.counter("deallocations", "Deallocations.", false, a.deallocations)?;
                 out.counter("reallocations", "Reallocations.", false, a.reallocations)?;
@@ -489,6 +527,13 @@ mod prom {
                     "Bytes taken past the limit by panicking threads.",
                     true,
                     a.overdraft_bytes,
+                )?;
+            }
+            if let Some(gap) = s.datafusion_rss_unreserved_bytes {
+                out.gauge(
+                    "datafusion_rss_unreserved_bytes",
+                    "Process RSS less bytes reserved in the DataFusion pool.",
+                    gap,
                 )?;
             }
             let m = &s.memory;

@@ -67,6 +67,11 @@ pub trait BudgetSource: Send + Sync {
     fn allocator_stats(&self) -> Option<crate::AllocatorStats> {
         None
     }
+    /// Bytes a DataFusion pool over this budget has reserved, when the source is a
+    /// `DataFusionPool` (feature `datafusion`): the metrics show the gap to the real charge.
+    fn datafusion_reserved_bytes(&self) -> Option<usize> {
+        None
+    }
 }
 
 impl<A: Send + Sync> BudgetSource for LimitedAllocator<A> {
