@@ -110,12 +110,13 @@ impl<A: GlobalAlloc + Send + Sync> DataFusionPool<A> {
     }
 
     /// Real bytes a consumer may allocate beyond its reservation when it spills or emits,
-    /// in percent of the reservation (100 by default: one copy). 0 grants by headroom alone.
+    /// in percent of the reservation (200 by default: two copies, see `docs/datafusion.md`). 0
+    /// grants by headroom alone.
     ///
     /// ```
     /// use limited_allocator::{datafusion::DataFusionPool, LimitedAllocator};
     /// static BUDGET: LimitedAllocator = LimitedAllocator::new(std::alloc::System, 1 << 30);
-    /// assert_eq!(DataFusionPool::new(&BUDGET).with_copy_percent(200).copy_percent(), 200);
+    /// assert_eq!(DataFusionPool::new(&BUDGET).with_copy_percent(100).copy_percent(), 100);
     /// ```
     pub fn with_copy_percent(mut self, percent: u32) -> Self {
         self.copy_percent = percent;
@@ -143,7 +144,7 @@ impl<A: GlobalAlloc + Send + Sync> DataFusionPool<A> {
     /// ```
     /// use limited_allocator::{datafusion::DataFusionPool, LimitedAllocator};
     /// static BUDGET: LimitedAllocator = LimitedAllocator::new(std::alloc::System, 1 << 30);
-    /// assert_eq!(DataFusionPool::new(&BUDGET).copy_percent(), 100);
+    /// assert_eq!(DataFusionPool::new(&BUDGET).copy_percent(), 200);
     /// ```
     pub fn copy_percent(&self) -> u32 {
         self.copy_percent
@@ -436,7 +437,7 @@ impl<A: GlobalAlloc + Send + Sync> fmt::Display for DataFusionPool<A> {
 /// let a = monitor.snapshot().allocator.unwrap();
 /// assert_eq!(a.datafusion_reserved_bytes, Some(0));
 /// assert_eq!(a.datafusion_unreserved_bytes, Some(a.allocated_bytes as i64));
-/// # Ok::<(), limited_allocator::MonitorError>(())
+/// # Ok::<(), limited_allocator::monitor::MonitorError>(())
 /// ```
 impl<A: GlobalAlloc + Send + Sync> crate::monitor::BudgetSource for DataFusionPool<A> {
     fn allocated_bytes(&self) -> usize {
