@@ -112,7 +112,14 @@ impl Child {
     /// [`capture`](Self::capture)), `RUST_BACKTRACE=0` unless [`set`](Self::set) says
     /// otherwise, and [`CHILD_TIMEOUT`].
     pub fn test(test: &str, role: &str) -> Self {
-        let args = [test, "--exact", "--nocapture", "--test-threads=1"];
+        // `--include-ignored`: a test marked `#[ignore]` (run by hand) still runs its child.
+        let args = [
+            test,
+            "--exact",
+            "--include-ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ];
         Self::with_args(&args, role)
     }
 
