@@ -3,11 +3,11 @@
 //! `RUSTFLAGS="--cfg loom" cargo test --release --manifest-path loom-models/Cargo.toml`.
 #![allow(dead_code, unreachable_pub)]
 
-#[path = "../src/sync.rs"]
+#[path = "../src/budget/sync.rs"]
 mod sync;
 
-#[path = "../src/pin.rs"]
+#[path = "../src/budget/pin.rs"]
 mod pin;
 
-#[path = "../src/credit_pool.rs"]
+#[path = "../src/budget/credit_pool.rs"]
 mod credit_pool;

@@ -1,10 +1,10 @@
 //! [`LimitedAllocator`]: the `GlobalAlloc` wrapper and its public API.
 
-use crate::accounting::Core;
+use crate::budget::Core;
 use crate::error::{percent, LimitExceeded};
 use crate::reservation::Reservation;
 use crate::stats::AllocatorStats;
-use crate::thread_cache::{Op, Spent};
+use crate::budget::{Op, Spent};
 use crate::{PressureLevel, PressureThresholds};
 use core::fmt;
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -510,7 +510,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for LimitedAllocator<A> {
             let charged = match self.core.charge_fast(growth, Op::Realloc) {
                 Spent::Yes => true,
                 // Out of the fast path: a refusal's line names the full new size too.
-                spent => crate::report::growing_to(new_size, || {
+                spent => crate::budget::growing_to(new_size, || {
                     self.core.charge_rest(spent, growth, Op::Realloc)
                 }),
             };

@@ -25,7 +25,7 @@
 //! them on its next read or slow path; a post to an instance that is gone is discarded. No
 //! claim ever dereferences the instance.
 
-use crate::registry::{self, Post};
+use crate::budget::registry::{self, Post};
 use crate::reservation::Reservation;
 use crate::LimitedAllocator;
 use arrow_buffer::{MemoryPool, MemoryReservation};

@@ -5,31 +5,23 @@
 #![deny(missing_docs)]
 #![warn(unsafe_op_in_unsafe_fn, unreachable_pub, missing_debug_implementations)]
 
-// The concurrency protocols, written against the `sync` shim: all that a loom build
-// (`--cfg loom`, the model checks of `.ci/run`) compiles.
-mod credit_pool;
-mod pin;
-mod sync;
-
-/// Leaves everything but the protocols out of a loom build.
+/// Leaves everything but the concurrency protocols (written against the `sync` shim, in
+/// `budget`) out of a loom build (`--cfg loom`, the model checks of `.ci/run`).
 macro_rules! not_in_loom_builds {
     ($($item:item)*) => { $( #[cfg(not(loom))] $item )* };
 }
 
+// The accounting core: private; the public shells below are built on it.
+mod budget;
+
 not_in_loom_builds! {
-// The budget's core: private, its public shells re-exported below.
-mod accounting;
 mod allocator;
 mod error;
-mod overdraft;
-mod registry;
 mod release;
-mod report;
 mod requests;
 mod reservation;
 mod scope;
 mod stats;
-mod thread_cache;
 mod units;
 
 pub mod chunking;

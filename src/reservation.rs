@@ -22,206 +22,14 @@
 //! it), and its stderr line says it was the reservation's budget. Under `Overflow::Grow`,
 //! a request the shared budget cannot cover either is the allocator's refusal too.
 
-use crate::accounting::Core;
+pub use crate::budget::Overflow;
+use crate::budget::{Core, ReservationState};
 use crate::error::LimitExceeded;
 use crate::LimitedAllocator;
 use core::fmt;
 use core::marker::PhantomData;
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*};
-use std::alloc::{GlobalAlloc, Layout, System};
-
-/// What an entered reservation does with an allocation that its headroom cannot cover.
-///
-/// ```
-/// use limited_allocator::{LimitedAllocator, Overflow};
-/// let a = LimitedAllocator::new(std::alloc::System, 1 << 20);
-/// let query = a.try_reserve(1024).unwrap();
-/// query.set_overflow(Overflow::Refuse); // the query may not take more than 1 KiB
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Overflow {
-    /// Take the bytes from the allocator's shared budget (still bounded by its limit).
-    #[default]
-    Grow,
-    /// Refuse the allocation: a fallible caller gets an error, an infallible one aborts
-    /// through `handle_alloc_error`. Use with fallible code paths only.
-    Refuse,
-}
-
-/// The part of a reservation that entered threads reach through their thread-local entry.
-/// Heap-allocated and reference-counted (one reference for the [`Reservation`], one for
-/// each thread entry pointing at it), so a leaked or out-of-order [`EnterGuard`] cannot
-/// leave a thread pointing at freed memory.
-pub(crate) struct ReservationState {
-    refs: AtomicUsize,
-    /// Charged headroom not yet spent. Any value, `usize::MAX` included (a reservation of
-    /// everything on an unlimited instance): whether the reservation was dropped is
-    /// `closed`, never a value of this.
-    held: AtomicUsize,
-    /// Set by the guard's drop, before it takes `held`: see [`give`](Self::give).
-    closed: AtomicBool,
-    /// Bytes allocated through the reservation while entered, net of frees given back.
-    used: AtomicUsize,
-    peak_used: AtomicUsize,
-    /// Enter-stack frames (on any thread) that hold this state; when the last one goes, the
-    /// reservation is left everywhere and `used` is let go (see [`Reservation::used`]).
-    frames: AtomicUsize,
-    refuse: AtomicBool,
-    refusals: AtomicU64,
-}
-
-impl ReservationState {
-    /// Allocates a state with one reference, through the global allocator; `None` if that
-    /// allocation is refused.
-    fn allocate(held: usize) -> Option<NonNull<Self>> {
-        let layout = Layout::new::<Self>();
-        // SAFETY: the layout has a non-zero size.
-        let raw = unsafe { std::alloc::alloc(layout) }.cast::<Self>();
-        let ptr = NonNull::new(raw)?;
-        let state = Self {
-            refs: AtomicUsize::new(1),
-            held: AtomicUsize::new(held),
-            closed: AtomicBool::new(false),
-            used: AtomicUsize::new(0),
-            peak_used: AtomicUsize::new(0),
-            frames: AtomicUsize::new(0),
-            refuse: AtomicBool::new(false),
-            refusals: AtomicU64::new(0),
-        };
-        // SAFETY: `ptr` is freshly allocated with this type's layout and unaliased.
-        unsafe { ptr.as_ptr().write(state) };
-        Some(ptr)
-    }
-
-    /// Adds a reference (taken by each entering thread).
-    fn retain(&self) {
-        self.refs.fetch_add(1, Relaxed);
-    }
-
-    /// Drops a reference; the last one frees the state.
-    ///
-    /// # Safety
-    /// `ptr` must come from [`allocate`](Self::allocate) and the caller must own one of its
-    /// references, which it must not use afterwards.
-    unsafe fn release(ptr: NonNull<Self>) {
-        // SAFETY: the caller owns a reference, so the state is alive here.
-        // Arc's pattern: each drop's Release pairs with the last one's Acquire fence, so
-        // every use of the state happens before it is freed.
-        if unsafe { ptr.as_ref() }.refs.fetch_sub(1, Release) != 1 {
-            return;
-        }
-        core::sync::atomic::fence(Acquire);
-        // SAFETY: that was the last reference: nobody else can reach the state. It was
-        // allocated by `allocate` with this layout.
-        unsafe {
-            core::ptr::drop_in_place(ptr.as_ptr());
-            std::alloc::dealloc(ptr.as_ptr().cast(), Layout::new::<Self>());
-        }
-    }
-
-    /// A frame of an enter stack now holds this state.
-    fn entered(&self) {
-        self.frames.fetch_add(1, Relaxed);
-    }
-
-    /// A frame holding this state was removed; the last one lets `used` go: what was
-    /// allocated inside and is still live is the allocator's plain memory from now on, so
-    /// frees outside (which the reservation cannot see) cannot leave it counted forever.
-    fn left(&self) {
-        if self.frames.fetch_sub(1, Relaxed) == 1 {
-            self.used.store(0, Relaxed);
-        }
-    }
-
-    /// Spends `size` bytes of headroom for an entered allocation.
-    pub(crate) fn take(&self, size: usize) -> bool {
-        // Relaxed: a dropped reservation has nothing left to take (its drop took `held`);
-        // this only saves the attempt. The bytes in `held` are charged either way.
-        if self.closed.load(Relaxed) {
-            return false;
-        }
-        // Relaxed: `held` is a byte count that publishes nothing; its read-modify-writes
-        // are totally ordered, so no byte is taken twice. (The drop's handshake is in `give`.)
-        let taken = self
-            .held
-            .fetch_update(Relaxed, Relaxed, |h| (h >= size).then(|| h - size))
-            .is_ok();
-        if taken {
-            self.note_growth(size);
-        }
-        taken
-    }
-
-    /// Records `size` bytes allocated through the reservation beyond its headroom.
-    pub(crate) fn note_growth(&self, size: usize) {
-        let used = self.used.fetch_add(size, Relaxed).saturating_add(size);
-        self.peak_used.fetch_max(used, Relaxed);
-    }
-
-    /// Takes back up to `size` freed bytes as headroom; returns how many it took (the rest
-    /// goes back to the shared budget).
-    pub(crate) fn give(&self, size: usize) -> usize {
-        // Relaxed: a byte count, like `held` in `take`.
-        let before = self
-            .used
-            .fetch_update(Relaxed, Relaxed, |u| Some(u - u.min(size)))
-            .unwrap_or(0);
-        let back = before.min(size);
-        if back == 0 {
-            return 0;
-        }
-        // Dekker with the guard's drop (`close`): here `held += back`, then `closed` is
-        // read; there `closed` is set, then `held` is taken. SeqCst on all four, so that
-        // either this read sees `closed` (then the bytes may or may not have been taken by
-        // the drop, and whatever of them is still in `held` is taken back out here and
-        // returned to the caller), or the drop's take comes after this addition and
-        // releases the bytes with the rest. Each giver takes out at most what it added, so
-        // after the drop and every racing give, `held` is 0: nothing stays charged.
-        // (No loom model covers this one, and loom would check SeqCst as AcqRel: this
-        // argument is what covers the store-load.)
-        self.held.fetch_add(back, SeqCst);
-        if !self.closed.load(SeqCst) {
-            return back;
-        }
-        let out = self
-            .held
-            .fetch_update(SeqCst, SeqCst, |h| Some(h - h.min(back)))
-            .unwrap_or(0)
-            .min(back);
-        back - out
-    }
-
-    /// Closes the reservation (its guard drops) and takes its unspent headroom: the bytes
-    /// to uncharge. See [`give`](Self::give) for the handshake.
-    fn close(&self) -> usize {
-        self.closed.store(true, SeqCst);
-        self.held.swap(0, SeqCst)
-    }
-
-    pub(crate) fn may_grow(&self) -> bool {
-        !self.refuse.load(Relaxed)
-    }
-
-    pub(crate) fn note_refusal(&self) {
-        self.refusals.fetch_add(1, Relaxed);
-    }
-
-    /// Bytes allocated through the reservation while entered, net of frees given back.
-    pub(crate) fn used(&self) -> usize {
-        self.used.load(Relaxed)
-    }
-
-    /// Charged headroom not yet spent (0 once closed).
-    pub(crate) fn headroom(&self) -> usize {
-        self.held()
-    }
-
-    /// Relaxed: a reading for stats and refusal lines, which orders nothing.
-    fn held(&self) -> usize {
-        self.held.load(Relaxed)
-    }
-}
+use std::alloc::{GlobalAlloc, System};
 
 /// Headroom charged to a [`LimitedAllocator`] and held until this guard drops.
 ///
@@ -318,7 +126,7 @@ impl<'a, A> Reservation<'a, A> {
     /// assert_eq!(a.try_reserve(40).unwrap().used(), 0);
     /// ```
     pub fn used(&self) -> usize {
-        self.state().used.load(Relaxed)
+        self.state().used()
     }
 
     /// The highest [`used`](Self::used) so far: how much the operation really needed.
@@ -328,7 +136,7 @@ impl<'a, A> Reservation<'a, A> {
     /// assert_eq!(a.try_reserve(40).unwrap().peak_used(), 0);
     /// ```
     pub fn peak_used(&self) -> usize {
-        self.state().peak_used.load(Relaxed)
+        self.state().peak_used()
     }
 
     /// Allocations refused while entered under [`Overflow::Refuse`] (or because the shared
@@ -339,7 +147,7 @@ impl<'a, A> Reservation<'a, A> {
     /// assert_eq!(a.try_reserve(40).unwrap().refusals(), 0);
     /// ```
     pub fn refusals(&self) -> u64 {
-        self.state().refusals.load(Relaxed)
+        self.state().refusals()
     }
 
     /// Chooses what entered allocations do past the headroom (default [`Overflow::Grow`]).
@@ -352,9 +160,7 @@ impl<'a, A> Reservation<'a, A> {
     /// assert_eq!(r.overflow(), Overflow::Refuse);
     /// ```
     pub fn set_overflow(&self, overflow: Overflow) {
-        self.state()
-            .refuse
-            .store(overflow == Overflow::Refuse, Relaxed);
+        self.state().set_overflow(overflow);
     }
 
     /// The current [`Overflow`] policy.
@@ -365,11 +171,7 @@ impl<'a, A> Reservation<'a, A> {
     /// assert_eq!(a.try_reserve(1).unwrap().overflow(), Overflow::Grow);
     /// ```
     pub fn overflow(&self) -> Overflow {
-        if self.state().may_grow() {
-            Overflow::Grow
-        } else {
-            Overflow::Refuse
-        }
+        self.state().overflow()
     }
 
     /// Adds `additional` bytes of headroom from the shared budget, race-free.
@@ -410,8 +212,7 @@ impl<'a, A> Reservation<'a, A> {
     /// Adds bytes already charged to the budget to this reservation's headroom.
     fn add_headroom(&self, bytes: usize) {
         // A live reservation (this guard is borrowed) is never closed.
-        // Relaxed: a byte count (see `take`).
-        self.state().held.fetch_add(bytes, Relaxed);
+        self.state().add_held(bytes);
         self.owner.core().add_reserved(bytes);
     }
 
@@ -425,12 +226,7 @@ impl<'a, A> Reservation<'a, A> {
     /// assert_eq!(a.allocated_bytes(), 0);
     /// ```
     pub fn shrink(&self, bytes: usize) -> usize {
-        let before = self
-            .state()
-            .held
-            .fetch_update(Relaxed, Relaxed, |h| Some(h - h.min(bytes))) // a byte count
-            .unwrap_or(0);
-        let given = before.min(bytes);
+        let given = self.state().take_held(bytes);
         let core = self.owner.core();
         core.uncharge(given);
         core.sub_reserved(given);
@@ -629,6 +425,7 @@ use GlobalAlloc as _;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::alloc::Layout;
 
     /// A refusal over a refusing reservation's headroom recalls no thread's credit (the
     /// credit epoch stays), while one of the shared budget does.

@@ -8,7 +8,7 @@
 //! most the bound, however many threads hold it, and a request of `limit - bound` fits when
 //! nothing is live. The loom models below check the two together.
 
-use crate::sync::AtomicUsize;
+use super::sync::AtomicUsize;
 use core::sync::atomic::Ordering::Relaxed;
 
 /// Takes `need` bytes, plus a batch of at most `headroom_left / share` and at most `cap`,

@@ -10,7 +10,7 @@
 //! alive, before the mailbox is emptied, or is dropped: never after the slot was freed and
 //! given to another instance. The loom models below check exactly this code.
 
-use crate::sync::{fence, AtomicU64, AtomicUsize, Backoff};
+use super::sync::{fence, AtomicU64, AtomicUsize, Backoff};
 use core::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
 
 /// The owner value of a free slot.

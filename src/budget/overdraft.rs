@@ -18,12 +18,9 @@
 //! kept apart from the peak (`AllocatorStats::overdraft_*`), so `peak_bytes() <= limit()`
 //! keeps its meaning.
 
+use super::tuning::DEFAULT_OVERDRAFT;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 
-/// The default allowance: enough for the default hook's message, libtest's capture buffer
-/// and the unwinder's exception object with room to spare; a full backtrace's symbolization
-/// can take more (see `docs/production.md`).
-pub(crate) const DEFAULT_OVERDRAFT: usize = 1 << 20;
 
 /// The overdraft's setting and counters (one per instance).
 pub(crate) struct Overdraft {
@@ -128,6 +125,6 @@ impl Overdraft {
 /// allocates nor unwinds (`std::process::abort` raises SIGABRT).
 #[cold]
 pub(crate) fn abort_spent(size: usize, current: usize, limit: usize, allowance: usize) -> ! {
-    crate::report::overdraft_spent(size, current, limit, allowance);
+    super::report::overdraft_spent(size, current, limit, allowance);
     std::process::abort()
 }

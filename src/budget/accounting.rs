@@ -29,48 +29,27 @@
 //! reads as usage until they return it; a thread's exit returns it through the [`registry`]
 //! mailbox.
 
-use crate::credit_pool::{self, CreditPool};
-use crate::overdraft::{self, Overdraft, OverdraftCounts};
-use crate::registry::{self, Post, CACHED_SLOTS, SLOTS};
-use crate::report::Refused;
-use crate::reservation::ReservationState;
-use crate::thread_cache::{self, token, unusual, Entry, EntryAt, Op, Spent, ThreadCache};
+use super::credit_pool::{self, CreditPool};
+use super::overdraft::{self, Overdraft, OverdraftCounts};
+use super::registry::{self, Post, SLOTS};
+use super::reservation_state::ReservationState;
+use super::tuning::{
+    CACHED_SLOTS, CREDIT_SHARE, DIRECT_MIN, HEADROOM_SHARE, HOLD_MAX, HOLD_SHARE, HOLD_UNIT,
+    MAX_BATCH,
+    THREAD_SHARE,
+};
+use super::report::Refused;
+use super::thread_cache::{self, unusual, Entry, EntryAt, Op, Spent, ThreadCache};
+use super::token::{AtomicToken, Entered, Token};
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicU8, AtomicUsize, Ordering::*};
 use crossbeam_utils::CachePadded;
-
-/// The most credit a thread takes in one refill.
-pub(crate) const MAX_BATCH: usize = 256 << 10;
-/// The most freed bytes a thread keeps as credit before handing the excess back.
-pub(crate) const HOLD_MAX: usize = 2 * MAX_BATCH;
-/// A refill takes at most this fraction (1/N) of the headroom left after the request.
-pub(crate) const HEADROOM_SHARE: usize = 32;
-/// A thread keeps at most this fraction (1/N) of the headroom (as of its last slow path)
-/// in freed bytes.
-pub(crate) const HOLD_SHARE: usize = 8;
-/// Blocks larger than this that the credit cannot serve (or hold) are charged and released
-/// *directly*: exactly their size on the shared counter, with the credit left alone. A
-/// refill for such a block would be mostly the block itself, and a refund would be mostly
-/// handed back at once, so going through the credit only costs instructions.
-pub(crate) const DIRECT_MIN: usize = MAX_BATCH;
-/// All threads' credit together is at most 1/N of the limit: the bound `B` of
-/// `docs/design.md`. Each thread's credit is at most its hold, and every hold is taken from
-/// one pool per instance (`Core::credit_out`) that never passes `limit / CREDIT_SHARE`, so
-/// however many threads hold credit (busy, idle or parked for ever), they withhold at most
-/// `B` bytes together. 1/16: small enough that a program can reserve 15/16 of its budget
-/// with nothing live (a 64 MiB budget withholds at most 4 MiB), large enough that 8
-/// threads get a full [`HOLD_MAX`] on a budget of 64 MiB (see [`THREAD_SHARE`]).
-pub(crate) const CREDIT_SHARE: usize = 16;
-/// One thread's hold is at most 1/N of the pool `limit / CREDIT_SHARE`, so at least N
-/// threads get credit before the pool runs dry (more when holds shrink with the headroom).
-pub(crate) const THREAD_SHARE: usize = 8;
 
 /// This thread's entry for the instance whose token is `token`, if it holds one of any
 /// epoch (what [`Core::own_entry`] finds).
 #[inline(always)]
-fn own_entry_in(cache: &ThreadCache, token: u64) -> Option<&Entry> {
+fn own_entry_in(cache: &ThreadCache, token: Token) -> Option<&Entry> {
     let e = cache.entry(token)?;
-    let held = e.token.get();
-    (held != 0 && token::id(held) == token::id(token)).then_some(e)
+    e.token.get().is_of(token).then_some(e)
 }
 
 /// Read on every call: written only by `set_limit`, threshold changes, and epoch bumps.
@@ -79,7 +58,7 @@ fn own_entry_in(cache: &ThreadCache, token: u64) -> Option<&Entry> {
 /// `thresholds`) shares the first 64 bytes.
 #[repr(C)]
 struct Hot {
-    token: AtomicU64,
+    token: AtomicToken,
     /// Where this instance's entry sits in every thread's cache (0 until registered and
     /// for an instance without a cached slot). Read next to `token` by the fast path. A
     /// stale 0 is harmless: entry 0 only ever holds tokens of slot 0, so it matches this
@@ -185,7 +164,7 @@ impl Core {
     pub(crate) const fn new(limit: usize, thread_cache: bool) -> Self {
         Self {
             hot: CachePadded::new(Hot {
-                token: AtomicU64::new(token::UNREGISTERED),
+                token: AtomicToken::new(Token::UNREGISTERED),
                 entry_at: EntryAt::new(),
                 posted: AtomicPtr::new(
                     &registry::NEVER_POSTED as *const AtomicBool as *mut AtomicBool,
@@ -461,10 +440,10 @@ impl Core {
         let Some(e) = self.sync_entry(cache) else {
             return self.charge_exact(size, op);
         };
-        if e.token.get() & token::ENTERED != 0 {
+        if e.token.get().is_entered() {
             return self.charge_entered(e, size, op);
         }
-        if e.token.get() & token::PARKED != 0 {
+        if e.token.get().is_parked() {
             return self.charge_exact(size, op);
         }
         self.spend_cached(e, size, op)
@@ -534,10 +513,10 @@ impl Core {
         let Some(e) = self.sync_entry(cache) else {
             return self.release_exact(size, op);
         };
-        if e.token.get() & token::ENTERED != 0 {
+        if e.token.get().is_entered() {
             return self.release_entered(e, size, op);
         }
-        if e.token.get() & token::PARKED != 0 {
+        if e.token.get().is_parked() {
             return self.release_exact(size, op);
         }
         self.refund_cached(e, size, op);
@@ -710,10 +689,8 @@ impl Core {
     /// re-syncs); nothing if it is set that way already or the instance is unregistered.
     /// Release as in [`recall_credit`](Self::recall_credit).
     fn set_over(&self, over: bool) {
-        let _ = self.hot.token.fetch_update(Release, Relaxed, |t| {
-            let is_over = t & token::OVER != 0;
-            (t != token::UNREGISTERED && is_over != over)
-                .then(|| token::next_epoch(t) ^ token::OVER)
+        self.hot.token.update(Release, Relaxed, |t| {
+            (t != Token::UNREGISTERED && t.is_over() != over).then(|| t.next_epoch_toggling_over())
         });
     }
 
@@ -757,7 +734,7 @@ impl Core {
                 headroom: r.headroom(),
                 used: r.used(),
             };
-            crate::report::refusal(size, self.allocated_bytes(), self.limit(), what);
+            super::report::refusal(size, self.allocated_bytes(), self.limit(), what);
         }
         false
     }
@@ -812,13 +789,13 @@ impl Core {
         self.recall_credit();
         if report && self.report_refusals() {
             let (current, limit) = (self.allocated_bytes(), self.limit());
-            crate::report::refusal(size, current, limit, Refused::Alloc);
+            super::report::refusal(size, current, limit, Refused::Alloc);
         }
     }
 
     /// The instance's token (which carries its credit epoch), for tests of what recalls credit.
     #[cfg(test)]
-    pub(crate) fn token_now(&self) -> u64 {
+    pub(crate) fn token_now(&self) -> Token {
         self.hot.token.load(Relaxed)
     }
 
@@ -835,25 +812,25 @@ impl Core {
     /// advanced (`set_limit`'s new limit), so it does not re-sync against the old limit.
     /// Nothing is read through the old value: its load is Relaxed.
     pub(crate) fn recall_credit(&self) {
-        let _ = self.hot.token.fetch_update(Release, Relaxed, |t| {
-            (t != token::UNREGISTERED).then(|| token::next_epoch(t))
+        self.hot.token.update(Release, Relaxed, |t| {
+            (t != Token::UNREGISTERED).then(|| t.next_epoch())
         });
     }
 
     // ---- this thread's entry ----------------------------------------------------------
 
     /// Registers the instance in the slot table on first use; returns its token.
-    fn register(&self) -> u64 {
+    fn register(&self) -> Token {
         let id = registry::next_id();
         let slot = registry::claim(id, self.thread_cache_enabled());
-        let fresh = token::make(id, slot.map_or(token::NO_SLOT, |s| s as u64));
+        let fresh = Token::new(id, slot);
         // AcqRel / Acquire: the Release half pairs with `token`'s Acquire load (and the
         // Acquire half with a racing registrar's Release), so a thread that uses the token's
         // slot sees the slot claimed for its id (`registry::claim`) before it posts there.
         match self
             .hot
             .token
-            .compare_exchange(token::UNREGISTERED, fresh, AcqRel, Acquire)
+            .compare_exchange(Token::UNREGISTERED, fresh, AcqRel, Acquire)
         {
             Ok(_) => {
                 if let Some(slot) = slot {
@@ -877,9 +854,9 @@ impl Core {
 
     /// The instance's token, registering it first if needed.
     /// Acquire pairs with the Release of `register`, `recall_credit` and `set_over`.
-    pub(crate) fn token(&self) -> u64 {
+    pub(crate) fn token(&self) -> Token {
         match self.hot.token.load(Acquire) {
-            token::UNREGISTERED => self.register(),
+            Token::UNREGISTERED => self.register(),
             t => t,
         }
     }
@@ -906,14 +883,14 @@ impl Core {
         // The token's OVER state follows what this slow path sees (whoever sees the change
         // first flips it), so that entries synced on the other side never match.
         let over = self.charged.load(Relaxed) > self.limit();
-        let current = if over != (current & token::OVER != 0) {
+        let current = if over != current.is_over() {
             self.set_over(over);
             self.token()
         } else {
             current
         };
-        if held & !token::FLAGS != current {
-            if held != 0 && token::id(held) == token::id(current) {
+        if held.without_flags() != current {
+            if held.is_of(current) {
                 // Our own credit from an earlier epoch: hand it back, keep counts and entering.
                 self.give_back(e, e.credit());
             } else {
@@ -922,13 +899,15 @@ impl Core {
                 self.rebase(e, self.charged.load(Relaxed));
             }
         }
-        let flags = e.token.get() & token::ENTERED; // cleared entries carry none
+        let entered = e.token.get().entered(); // cleared entries are not entered
+        let synced = current.with_entered(entered);
         let over = self.charged.load(Relaxed) > self.limit();
         if over {
             self.give_back(e, e.credit());
+            e.token.set(synced.parked());
+        } else {
+            e.token.set(synced);
         }
-        e.token
-            .set(current | flags | if over { token::PARKED } else { 0 });
         self.set_hold(e, self.charged.load(Relaxed));
         self.keep_within_hold(e);
         Some(e)
@@ -960,9 +939,9 @@ impl Core {
     /// when the hold changes: far from the limit and with the pool not short, the hold
     /// stays at the same maximum and this is a load and a few comparisons.
     ///
-    /// [`HOLD_UNIT`]: thread_cache::HOLD_UNIT
+    /// [`HOLD_UNIT`]: HOLD_UNIT
     fn resize_hold(&self, e: &Entry, want: usize) {
-        let unit = thread_cache::HOLD_UNIT;
+        let unit = HOLD_UNIT;
         let old = e.hold();
         let mut want = want.min(self.thread_hold_max());
         // A pool over its bound (the limit was lowered since its holds were taken): every
@@ -995,7 +974,7 @@ impl Core {
     /// past `limit / CREDIT_SHARE`; returns how many were taken.
     fn grow_hold(&self, more: usize) -> usize {
         let bound = self.limit() / CREDIT_SHARE;
-        self.credit_out.take(bound, more, thread_cache::HOLD_UNIT)
+        self.credit_out.take(bound, more, HOLD_UNIT)
     }
 
     /// Gives the entry's whole hold back to the pool (its credit must be 0 already): a
@@ -1139,7 +1118,7 @@ impl Core {
     #[cold]
     #[inline(never)]
     fn absorb_posted(&self) -> bool {
-        let slot = token::slot(self.hot.token.load(Relaxed));
+        let slot = self.hot.token.load(Relaxed).slot();
         if slot >= SLOTS {
             return false;
         }
@@ -1156,7 +1135,7 @@ impl Core {
     #[cold]
     #[inline(never)]
     fn absorb_posted_holds(&self) -> bool {
-        let slot = token::slot(self.hot.token.load(Relaxed));
+        let slot = self.hot.token.load(Relaxed).slot();
         if slot >= SLOTS {
             return false;
         }
@@ -1253,14 +1232,14 @@ impl Core {
     /// no cached slot or the thread has [`MAX_ENTERED`] reservations entered already.
     ///
     /// [`EnterStack`]: thread_cache::EnterStack
-    /// [`MAX_ENTERED`]: thread_cache::MAX_ENTERED
+    /// [`MAX_ENTERED`]: super::tuning::MAX_ENTERED
     pub(crate) fn enter(&self, state: *const ReservationState) -> Option<usize> {
         thread_cache::with_live_cache(|c| {
             let e = self.sync_entry(c)?;
-            let id = token::id(self.token());
+            let id = self.token().id();
             let index = thread_cache::with_enter_stack(|s| s.push(id, state)).flatten()?;
             e.entered.set(state);
-            e.token.set(e.token.get() | token::ENTERED);
+            e.token.set(e.token.get().with_entered(Entered::Yes));
             Some(index)
         })
         .flatten()
@@ -1272,9 +1251,9 @@ impl Core {
     /// frame's reference, after the entry is consistent again (releasing may free memory,
     /// which comes back through this allocator).
     pub(crate) fn leave(&self, index: usize, release: impl FnMut(*const ReservationState)) {
-        let mut removed = [core::ptr::null(); thread_cache::MAX_ENTERED];
+        let mut removed = [core::ptr::null(); super::tuning::MAX_ENTERED];
         // Relaxed: only the id, fixed since this thread entered (registered) the instance.
-        let id = token::id(self.hot.token.load(Relaxed));
+        let id = self.hot.token.load(Relaxed).id();
         let (n, innermost) = thread_cache::with_enter_stack(|s| {
             let n = s.kill(index, &mut removed);
             (n, s.innermost(id))
@@ -1282,13 +1261,12 @@ impl Core {
         .unwrap_or((0, core::ptr::null()));
         let _ = self.own_entry(|e| {
             e.entered.set(innermost);
-            let flags = e.token.get() & !token::ENTERED;
             let entered = if innermost.is_null() {
-                0
+                Entered::No
             } else {
-                token::ENTERED
+                Entered::Yes
             };
-            e.token.set(flags | entered);
+            e.token.set(e.token.get().with_entered(entered));
         });
         removed[..n].iter().copied().for_each(release);
     }
@@ -1419,8 +1397,8 @@ impl Core {
         // Peaks that exiting threads posted (or are posting) from earlier windows are
         // discarded, and later posts of them refused, before the peak restarts here.
         let t = self.token();
-        if token::slot(t) < SLOTS {
-            registry::reset_peak(token::slot(t), token::id(t), gen);
+        if t.slot() < SLOTS {
+            registry::reset_peak(t.slot(), t.id(), gen);
         }
         let current = self.allocated_bytes();
         self.cold.peak.store(current.min(self.peak_cap()), Relaxed);
@@ -1457,17 +1435,17 @@ impl Core {
     #[cfg_attr(not(feature = "arrow"), allow(dead_code))] // the Arrow pool
     pub(crate) fn mailbox(&self) -> Option<(usize, u64)> {
         let t = self.token();
-        let slot = token::slot(t);
-        (slot < SLOTS).then(|| (slot, token::id(t)))
+        let slot = t.slot();
+        (slot < SLOTS).then(|| (slot, t.id()))
     }
 }
 
 impl Drop for Core {
     fn drop(&mut self) {
-        let t = *self.hot.token.get_mut();
-        let slot = token::slot(t);
+        let t = self.hot.token.get_mut();
+        let slot = t.slot();
         if slot < SLOTS {
-            registry::release(slot, token::id(t));
+            registry::release(slot, t.id());
         }
     }
 }
@@ -1539,7 +1517,7 @@ mod tests {
         use std::alloc::System;
         let a = LimitedAllocator::new(System, 64 << 20);
         let t = a.core().token();
-        let (slot, id) = (token::slot(t), token::id(t));
+        let (slot, id) = (t.slot(), t.id());
         assert!(slot < SLOTS, "the instance owns a slot");
         let old_peak = 5 << 20;
         let posted = Post {

@@ -2,12 +2,7 @@
 //!
 //! Each thread has one [`Entry`] per cached registry slot. An entry serves the instance
 //! whose *token* it carries; the token packs the instance's unique id, its credit epoch and
-//! its slot:
-//!
-//! ```text
-//!  63       62      61 ............. 24  23    22 ...... 10  9 ..... 0
-//! [ENTERED][PARKED][ instance id (38 b) ][OVER][ epoch (13) ][ slot (10) ]
-//! ```
+//! its slot (see `token`).
 //!
 //! The allocator's fast path loads the instance's token and its entry's offset ([`EntryAt`]),
 //! finds this thread's entry at that offset and compares tokens: equal means "this credit is this instance's and still
@@ -27,57 +22,12 @@
 //! destructors last), so their allocations and frees still use the credit. Elsewhere
 //! (Windows) it is a thread-local with a destructor, which needs std 1.93 or later.
 
-use crate::accounting::HOLD_MAX;
-use crate::registry::{self, Post, CACHED_SLOTS};
-use crate::reservation::ReservationState;
+use super::registry::{self, Post};
+use super::reservation_state::ReservationState;
+use super::token::Token;
+use super::tuning::{CACHED_SLOTS, HOLD_MAX, HOLD_UNIT, MAX_ENTERED, PUBLISH_EVERY};
 use core::cell::Cell;
 use core::sync::atomic::{AtomicUsize, Ordering::Relaxed};
-
-/// Token bit layout; see the module docs.
-pub(crate) mod token {
-    pub(crate) const SLOT_MASK: u64 = 0x3ff;
-    /// The slot value of an instance without a slot (or not yet registered).
-    pub(crate) const NO_SLOT: u64 = SLOT_MASK;
-    pub(crate) const EPOCH_SHIFT: u32 = 10;
-    pub(crate) const EPOCH_MASK: u64 = 0x1fff << EPOCH_SHIFT;
-    /// Set on the instance's token while it is over its limit (a lowered limit, an
-    /// overfilled pool). A state, not a count: an entry synced while under the limit never
-    /// carries it, so it cannot match the token while the instance is over, however often
-    /// the epoch wraps meanwhile (a thread idle through 8192 recalls then finds its old
-    /// token again only once the instance is back under its limit, where its credit, still
-    /// charged and within the pool's bound, is safe to spend). Entries synced while over are
-    /// PARKED, and never match either.
-    pub(crate) const OVER: u64 = 1 << 23;
-    pub(crate) const ID_SHIFT: u32 = 24;
-    pub(crate) const ID_MASK: u64 = ((1 << 38) - 1) << ID_SHIFT;
-    /// Set on an entry (never on an instance's token) while a reservation is entered.
-    pub(crate) const ENTERED: u64 = 1 << 63;
-    /// Set on an entry (never on an instance's token) while the instance is over its limit
-    /// (lowered limit, overfilled pool): the thread then neither spends nor keeps credit.
-    pub(crate) const PARKED: u64 = 1 << 62;
-    /// The entry-only flags.
-    pub(crate) const FLAGS: u64 = ENTERED | PARKED;
-    /// An instance's token before its first slow-path call.
-    pub(crate) const UNREGISTERED: u64 = NO_SLOT;
-
-    pub(crate) const fn slot(token: u64) -> usize {
-        (token & SLOT_MASK) as usize
-    }
-
-    pub(crate) const fn id(token: u64) -> u64 {
-        (token & ID_MASK) >> ID_SHIFT
-    }
-
-    pub(crate) const fn make(id: u64, slot: u64) -> u64 {
-        ((id << ID_SHIFT) & ID_MASK) | (slot & SLOT_MASK)
-    }
-
-    /// The same token with the epoch advanced (wrapping within its 13 bits).
-    pub(crate) const fn next_epoch(token: u64) -> u64 {
-        let epoch = (token & EPOCH_MASK).wrapping_add(1 << EPOCH_SHIFT) & EPOCH_MASK;
-        (token & !EPOCH_MASK) | epoch
-    }
-}
 
 /// Which counter an operation bumps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,21 +46,13 @@ pub(crate) enum Op {
 #[inline]
 pub(crate) fn unusual() {}
 
-/// The hold is kept in units of this many bytes (see [`Entry::set_hold`]).
-pub(crate) const HOLD_UNIT: usize = 16;
-const _: () = assert!(HOLD_MAX / HOLD_UNIT <= u16::MAX as usize);
-
-/// Pending counts are published once any of them reaches this, so other threads' `stats()`
-/// lag by at most this many operations per live thread.
-pub(crate) const PUBLISH_EVERY: u16 = 4096;
-
 /// One thread's credit for one instance. Only its own thread touches it (plain `Cell`s).
 ///
 /// One cache line, with the fields the fast path touches first; its size is a power of two
 /// so the fast path finds an entry with a shift (see [`ThreadCache::fast_entry`]).
 #[repr(C, align(64))]
 pub(crate) struct Entry {
-    pub token: Cell<u64>,
+    pub token: Cell<Token>,
     /// The credit above the window's low-water mark: `credit - low`. Together with `low`
     /// and `ceiling` it holds the credit, its low-water mark and the hold allowance in a
     /// form where an allocation is one subtraction in memory and a free one comparison and
@@ -154,7 +96,7 @@ pub(crate) struct Entry {
 impl Entry {
     const fn new() -> Self {
         Self {
-            token: Cell::new(0),
+            token: Cell::new(Token::NONE),
             above: Cell::new(0),
             low: Cell::new(0),
             ceiling: Cell::new(0),
@@ -273,7 +215,7 @@ impl Entry {
     }
 
     /// Forgets everything (the instance it served is gone).
-    pub(crate) fn clear(&self, token: u64) {
+    pub(crate) fn clear(&self, token: Token) {
         self.token.set(token);
         self.above.set(0);
         self.low.set(0);
@@ -291,7 +233,7 @@ impl Entry {
     /// every earlier point of the window) moves `low` and `ceiling`, on a branch of its
     /// own.
     #[inline(always)]
-    pub(crate) fn try_spend(&self, token: u64, size: usize, op: Op) -> Spent {
+    pub(crate) fn try_spend(&self, token: Token, size: usize, op: Op) -> Spent {
         if self.token.get() != token {
             return Spent::No;
         }
@@ -335,7 +277,7 @@ impl Entry {
     /// Tries to take `size` freed bytes back as credit for `token`: the fast path of
     /// `dealloc`. Refuses when that would hold more than `hold`.
     #[inline(always)]
-    pub(crate) fn try_refund(&self, token: u64, size: usize, op: Op) -> Spent {
+    pub(crate) fn try_refund(&self, token: Token, size: usize, op: Op) -> Spent {
         if self.token.get() != token {
             return Spent::No;
         }
@@ -354,9 +296,6 @@ impl Entry {
         }
     }
 }
-
-/// Most reservations one thread can have entered at once (all instances together).
-pub(crate) const MAX_ENTERED: usize = 16;
 
 /// One `enter()` on this thread: which instance, which reservation (holding one counted
 /// reference to it), and whether its guard is still alive.
@@ -479,8 +418,8 @@ impl ThreadCache {
 
     /// The entry for a token's slot, if the slot is a cached one.
     #[inline(always)]
-    pub(crate) fn entry(&self, token: u64) -> Option<&Entry> {
-        self.entries.get(token::slot(token))
+    pub(crate) fn entry(&self, token: Token) -> Option<&Entry> {
+        self.entries.get(token.slot())
     }
 
     /// The entry at `at`, for the fast path to compare its instance's token against.
@@ -666,7 +605,7 @@ fn return_all_credit() {
         cache.state.set(EXITED);
         for (slot, entry) in cache.entries.iter().enumerate() {
             let token = entry.token.get();
-            if token == 0 {
+            if token.is_none() {
                 continue;
             }
             let (allocs, deallocs, reallocs) = entry.take_counts();
@@ -681,8 +620,8 @@ fn return_all_credit() {
                 hold: entry.hold(),
                 ..Post::default()
             };
-            registry::post(slot, token::id(token), post);
-            entry.clear(0);
+            registry::post(slot, token.id(), post);
+            entry.clear(Token::NONE);
         }
     });
 }
@@ -692,24 +631,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn token_fields_round_trip() {
-        let t = token::make(12345, 7);
-        assert_eq!((token::id(t), token::slot(t)), (12345, 7));
-        let n = token::next_epoch(t);
-        assert_ne!(n, t);
-        assert_eq!((token::id(n), token::slot(n)), (12345, 7));
-        let mut wrapped = t;
-        for _ in 0..(1 << 13) {
-            wrapped = token::next_epoch(wrapped);
-        }
-        assert_eq!(wrapped, t, "epoch wraps without touching the id");
-        assert_eq!(token::id(t | token::ENTERED), 12345);
-    }
-
-    #[test]
     fn spend_and_refund_respect_token_and_bounds() {
         let e = Entry::new();
-        let t = token::make(1, 0);
+        let t = Token::new(1, Some(0));
         assert_eq!(e.try_spend(t, 1, Op::Alloc), Spent::No);
         e.token.set(t);
         e.set_credit(100);
@@ -748,7 +672,7 @@ mod tests {
         // The hold never passes HOLD_MAX, whatever is asked.
         e.set_hold(usize::MAX);
         assert_eq!(e.hold(), HOLD_MAX);
-        assert_eq!(e.try_spend(token::next_epoch(t), 1, Op::Alloc), Spent::No);
+        assert_eq!(e.try_spend(t.next_epoch(), 1, Op::Alloc), Spent::No);
     }
 
     /// Random operations on an entry against a plain model of its credit, low-water mark
@@ -765,7 +689,7 @@ mod tests {
         };
         for round in 0..2000 {
             let e = Entry::new();
-            let t = token::make(1, 0);
+            let t = Token::new(1, Some(0));
             e.token.set(t);
             let (mut credit, mut low, mut hold) = (0usize, 0usize, 0usize);
             for step in 0..200 {

@@ -1,5 +1,5 @@
-//! The atomics that the concurrency protocols ([`pin`](crate::pin),
-//! [`credit_pool`](crate::credit_pool)) are written against: loom's under `--cfg loom` (the
+//! The atomics that the concurrency protocols ([`pin`](super::pin),
+//! [`credit_pool`](super::credit_pool)) are written against: loom's under `--cfg loom` (the
 //! model-checking build of `.ci/run`, which compiles only those protocols and their models),
 //! core's otherwise.
 //!

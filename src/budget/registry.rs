@@ -16,15 +16,14 @@
 //! by a thread that no longer exists: after `fork()` the child clears the pins the parent's
 //! other threads held (see `after_fork_in_child`), so a child can drop instances.
 
-use crate::pin::{Pin, DYING, FREE};
+use super::pin::{Pin, DYING, FREE};
+use super::token::ID_BITS;
+use super::tuning::CACHED_SLOTS;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 /// Slots in the table (one less than the token's 10-bit slot field can name: the last value
 /// means "no slot"). The first [`CACHED_SLOTS`] also index the per-thread credit caches.
 pub(crate) const SLOTS: usize = 1023;
-/// Slots that get a per-thread credit cache (the fast path). Later slots have a mailbox
-/// only: their instances use exact per-call accounting.
-pub(crate) const CACHED_SLOTS: usize = 64;
 
 
 /// One slot of the table: who owns it and what has been posted for it.
@@ -218,10 +217,8 @@ fn take_all(slot: &Slot) -> Post {
     }
 }
 
-/// Instance ids have this many bits: all the token keeps of them (see
-/// `thread_cache::token`), so that the registry compares exactly what tokens carry.
-pub(crate) const ID_BITS: u32 = 38;
-/// The largest instance id.
+/// The largest instance id: ids have [`ID_BITS`], all the token keeps of them (see
+/// `token`), so that the registry compares exactly what tokens carry.
 pub(crate) const ID_MAX: u64 = (1 << ID_BITS) - 1;
 
 static NEXT: AtomicU64 = AtomicU64::new(1);
