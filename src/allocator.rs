@@ -1,6 +1,6 @@
 //! [`LimitedAllocator`]: the `GlobalAlloc` wrapper and its public API.
 
-use crate::budget::Core;
+use crate::budget::{Core, Mode};
 use crate::error::{percent, LimitExceeded};
 use crate::reservation::Reservation;
 use crate::stats::AllocatorStats;
@@ -72,7 +72,7 @@ impl<A> LimitedAllocator<A> {
     pub const fn new(inner: A, limit_bytes: usize) -> Self {
         Self {
             inner,
-            core: Core::new(limit_bytes, true),
+            core: Core::new(limit_bytes, Mode::Credit),
         }
     }
 
@@ -89,7 +89,7 @@ impl<A> LimitedAllocator<A> {
     pub const fn new_exact(inner: A, limit_bytes: usize) -> Self {
         Self {
             inner,
-            core: Core::new(limit_bytes, false),
+            core: Core::new(limit_bytes, Mode::Exact),
         }
     }
 

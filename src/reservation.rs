@@ -23,7 +23,7 @@
 //! a request the shared budget cannot cover either is the allocator's refusal too.
 
 pub use crate::budget::Overflow;
-use crate::budget::{Core, ReservationState};
+use crate::budget::{Core, Report, ReservationState};
 use crate::error::LimitExceeded;
 use crate::LimitedAllocator;
 use core::fmt;
@@ -68,7 +68,7 @@ impl<'a, A> Reservation<'a, A> {
     pub(crate) fn new(owner: &'a LimitedAllocator<A>, bytes: usize) -> Result<Self, LimitExceeded> {
         let core = owner.core();
         let refused = |core: &Core| {
-            core.refuse(bytes, false);
+            core.refuse(bytes, Report::Silent);
             LimitExceeded::new(bytes, core.limit(), core.allocated_bytes())
         };
         let state = ReservationState::allocate(bytes).ok_or_else(|| refused(core))?;
@@ -186,7 +186,7 @@ impl<'a, A> Reservation<'a, A> {
     pub fn grow(&self, additional: usize) -> Result<(), LimitExceeded> {
         let core = self.owner.core();
         if core.reserve(additional).is_err() {
-            core.refuse(additional, false);
+            core.refuse(additional, Report::Silent);
             return Err(LimitExceeded::new(
                 additional,
                 core.limit(),

@@ -31,7 +31,7 @@
 
 use super::credit_pool::{self, CreditPool};
 use super::overdraft::{self, Overdraft, OverdraftCounts};
-use super::registry::{self, Post, SLOTS};
+use super::registry::{self, Post, Prefer, SLOTS};
 use super::reservation_state::ReservationState;
 use super::tuning::{
     CACHED_SLOTS, CREDIT_SHARE, DIRECT_MIN, HEADROOM_SHARE, HOLD_MAX, HOLD_SHARE, HOLD_UNIT,
@@ -40,7 +40,7 @@ use super::tuning::{
 };
 use super::report::Refused;
 use super::thread_cache::{self, unusual, Entry, EntryAt, Op, Spent, ThreadCache};
-use super::token::{AtomicToken, Entered, Token};
+use super::token::{AtomicToken, Entered, Side, Token};
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicU8, AtomicUsize, Ordering::*};
 use crossbeam_utils::CachePadded;
 
@@ -49,7 +49,7 @@ use crossbeam_utils::CachePadded;
 #[inline(always)]
 fn own_entry_in(cache: &ThreadCache, token: Token) -> Option<&Entry> {
     let e = cache.entry(token)?;
-    e.token.get().is_of(token).then_some(e)
+    e.token().is_of(token).then_some(e)
 }
 
 /// Read on every call: written only by `set_limit`, threshold changes, and epoch bumps.
@@ -131,6 +131,43 @@ struct Cold {
     overdraft: Overdraft,
 }
 
+/// How an instance accounts: with per-thread credit, or every call on the shared counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// Per-thread credit carved out of the budget (`LimitedAllocator::new`).
+    Credit,
+    /// Every call exactly on the shared counter: slower under contention, no slack at all
+    /// (`LimitedAllocator::new_exact`).
+    Exact,
+}
+
+/// Whether a refusal writes its line on stderr (when reporting is on).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Report {
+    /// A `GlobalAlloc` refusal: the line explains a failure (or the abort after it).
+    Line,
+    /// A fallible pre-flight refusal (`try_reserve`, `grow`): the caller has the error.
+    Silent,
+}
+
+/// The budget had no room for a request (after absorbing the mailbox, and for
+/// [`Core::reserve`] after handing this thread's credit back).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub(crate) struct NoRoom;
+
+/// What a carve took from the budget.
+#[derive(Debug, Clone, Copy)]
+struct Carved {
+    /// Bytes taken: the request plus the batch.
+    taken: usize,
+    /// `charged` after taking them.
+    after: usize,
+}
+
+/// The batch cap of a carve that takes exactly what is asked.
+const NO_BATCH: usize = 0;
+
 /// The counters of [`Core::counts`].
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Counts {
@@ -159,9 +196,12 @@ pub(crate) struct Core {
 }
 
 impl Core {
-    /// A budget of `limit` bytes; `thread_cache: false` accounts every call exactly on the
-    /// shared counter (slower under contention, no slack at all).
-    pub(crate) const fn new(limit: usize, thread_cache: bool) -> Self {
+    /// A budget of `limit` bytes, accounted as `mode` says.
+    pub(crate) const fn new(limit: usize, mode: Mode) -> Self {
+        let thread_cache = match mode {
+            Mode::Credit => true,
+            Mode::Exact => false,
+        };
         Self {
             hot: CachePadded::new(Hot {
                 token: AtomicToken::new(Token::UNREGISTERED),
@@ -406,7 +446,7 @@ impl Core {
     fn in_sync_here(&self) -> Option<&Entry> {
         let token = self.hot.token.load(Relaxed);
         let e = thread_cache::fast_entry_here(&self.hot.entry_at);
-        (e.token.get() == token).then_some(e)
+        (e.token() == token).then_some(e)
     }
 
     /// Charges a block the credit cannot serve (`size > DIRECT_MIN`, more than the credit:
@@ -416,7 +456,7 @@ impl Core {
     /// this thread's credit counted in, and refuses if that does not fit either.
     #[inline(always)]
     fn charge_direct(&self, e: &Entry, size: usize, op: Op) -> bool {
-        let Ok((_, after)) = self.take_from_budget(size, 0) else {
+        let Some(Carved { after, .. }) = self.take_from_budget(size, NO_BATCH) else {
             return false;
         };
         self.moved_own(e, after);
@@ -440,10 +480,10 @@ impl Core {
         let Some(e) = self.sync_entry(cache) else {
             return self.charge_exact(size, op);
         };
-        if e.token.get().is_entered() {
+        if e.token().is_entered() {
             return self.charge_entered(e, size, op);
         }
-        if e.token.get().is_parked() {
+        if e.token().is_parked() {
             return self.charge_exact(size, op);
         }
         self.spend_cached(e, size, op)
@@ -457,11 +497,11 @@ impl Core {
             // The batch beyond the shortfall is what is left after the spend: at most the
             // hold, so that the credit stays within the hold (and the pool's bound).
             match self.carve(size - credit, e.hold()) {
-                Ok((taken, after)) => {
+                Some(Carved { taken, after }) => {
                     e.set_credit(credit + taken);
                     self.rebase(e, after);
                 }
-                Err(()) => return self.refuse_alloc(size, op),
+                None => return self.refuse_alloc(size, op),
             }
         }
         // A new low, if it is one (`set_credit` lowers the low-water mark).
@@ -513,10 +553,10 @@ impl Core {
         let Some(e) = self.sync_entry(cache) else {
             return self.release_exact(size, op);
         };
-        if e.token.get().is_entered() {
+        if e.token().is_entered() {
             return self.release_entered(e, size, op);
         }
-        if e.token.get().is_parked() {
+        if e.token().is_parked() {
             return self.release_exact(size, op);
         }
         self.refund_cached(e, size, op);
@@ -581,12 +621,12 @@ impl Core {
     /// (starting, exiting, instance without a cached slot, cache turned off).
     fn charge_exact(&self, size: usize, op: Op) -> bool {
         match self.carve_exact(size) {
-            Ok(after) => {
+            Some(after) => {
                 self.cold.peak.fetch_max(after, Relaxed);
                 self.count_shared(op);
                 true
             }
-            Err(()) => self.refuse_alloc(size, op),
+            None => self.refuse_alloc(size, op),
         }
     }
 
@@ -609,29 +649,30 @@ impl Core {
 
     /// Takes `need` bytes plus a refill batch of at most `cap` from the budget. Returns
     /// (bytes taken, the charge after taking them).
-    fn carve(&self, need: usize, cap: usize) -> Result<(usize, usize), ()> {
+    fn carve(&self, need: usize, cap: usize) -> Option<Carved> {
         self.take_from_budget(need, cap)
     }
 
     /// Takes exactly `bytes` from the budget. Returns the charge after taking them.
-    pub(crate) fn carve_exact(&self, bytes: usize) -> Result<usize, ()> {
-        self.take_from_budget(bytes, 0).map(|(_, after)| after)
+    pub(crate) fn carve_exact(&self, bytes: usize) -> Option<usize> {
+        self.take_from_budget(bytes, NO_BATCH).map(|c| c.after)
     }
 
     /// The one compare-and-swap loop that raises `charged`: takes `need` bytes (plus a batch
     /// of up to 1/[`HEADROOM_SHARE`] of the spare headroom, at most [`MAX_BATCH`] and at
-    /// most `batch_cap`; 0 for none) if they fit under the limit, after absorbing the
-    /// mailbox once if they do not.
+    /// most `batch_cap`; [`NO_BATCH`] for none) if they fit under the limit, after absorbing
+    /// the mailbox once if they do not.
     #[inline]
-    fn take_from_budget(&self, need: usize, batch_cap: usize) -> Result<(usize, usize), ()> {
+    fn take_from_budget(&self, need: usize, batch_cap: usize) -> Option<Carved> {
         let carve = || {
             let limit = self.limit();
             credit_pool::carve(&self.charged, limit, need, HEADROOM_SHARE, MAX_BATCH.min(batch_cap))
+                .map(|(taken, after)| Carved { taken, after })
         };
         match carve() {
-            Some(taken) => Ok(taken),
-            None if self.absorb() => carve().ok_or(()),
-            None => Err(()),
+            Some(carved) => Some(carved),
+            None if self.absorb() => carve(),
+            None => None,
         }
     }
 
@@ -648,14 +689,14 @@ impl Core {
     ///
     /// This thread's own unspent credit is part of the budget too: when the bytes do not
     /// fit, it is handed back and the request retried once before refusing.
-    pub(crate) fn reserve(&self, bytes: usize) -> Result<(), ()> {
+    pub(crate) fn reserve(&self, bytes: usize) -> Result<(), NoRoom> {
         let after = match self.carve_exact(bytes) {
-            Ok(after) => after,
-            Err(()) if self.own_credit() > 0 => {
+            Some(after) => after,
+            None if self.own_credit() > 0 => {
                 self.return_own_credit();
-                self.carve_exact(bytes)?
+                self.carve_exact(bytes).ok_or(NoRoom)?
             }
-            Err(()) => return Err(()),
+            None => return Err(NoRoom),
         };
         self.note_own_change(after);
         Ok(())
@@ -681,17 +722,26 @@ impl Core {
     /// threads park (see `sync_entry`).
     fn recall_if_over(&self, after: usize) {
         if after > self.limit() {
-            self.set_over(true);
+            self.set_side(Side::Over);
         }
     }
 
     /// Sets or clears the token's `OVER` state (advancing the epoch with it, so every entry
     /// re-syncs); nothing if it is set that way already or the instance is unregistered.
     /// Release as in [`recall_credit`](Self::recall_credit).
-    fn set_over(&self, over: bool) {
+    fn set_side(&self, side: Side) {
         self.hot.token.update(Release, Relaxed, |t| {
-            (t != Token::UNREGISTERED && t.is_over() != over).then(|| t.next_epoch_toggling_over())
+            (t != Token::UNREGISTERED && t.side() != side).then(|| t.next_epoch_toggling_over())
         });
+    }
+
+    /// Which side of the limit the charge is on now.
+    fn side_now(&self) -> Side {
+        if self.charged.load(Relaxed) > self.limit() {
+            Side::Over
+        } else {
+            Side::Under
+        }
     }
 
     /// Gives bytes back to the budget (reservation headroom, claims).
@@ -715,7 +765,7 @@ impl Core {
         if std::thread::panicking() {
             return self.overdraw(size, op);
         }
-        self.refuse(size, true);
+        self.refuse(size, Report::Line);
         false
     }
 
@@ -752,7 +802,7 @@ impl Core {
         let limit = self.limit();
         let o = &self.cold.overdraft;
         if size > o.allowance() && o.allowance() != 0 {
-            self.refuse(size, true);
+            self.refuse(size, Report::Line);
             return false;
         }
         match o.grant(&self.charged, limit, size) {
@@ -781,13 +831,13 @@ impl Core {
         self.cold.overdraft.set_allowance(bytes);
     }
 
-    /// Records a refusal; with `report`, also writes the stderr line when enabled.
-    pub(crate) fn refuse(&self, size: usize, report: bool) {
+    /// Records a refusal; with [`Report::Line`], also writes the stderr line when enabled.
+    pub(crate) fn refuse(&self, size: usize, report: Report) {
         self.cold.refusals.fetch_add(1, Relaxed);
         self.cold.refused_bytes.fetch_add(size as u64, Relaxed);
         self.cold.largest_refusal.fetch_max(size, Relaxed);
         self.recall_credit();
-        if report && self.report_refusals() {
+        if report == Report::Line && self.report_refusals() {
             let (current, limit) = (self.allocated_bytes(), self.limit());
             super::report::refusal(size, current, limit, Refused::Alloc);
         }
@@ -822,7 +872,12 @@ impl Core {
     /// Registers the instance in the slot table on first use; returns its token.
     fn register(&self) -> Token {
         let id = registry::next_id();
-        let slot = registry::claim(id, self.thread_cache_enabled());
+        let prefer = if self.thread_cache_enabled() {
+            Prefer::Cached
+        } else {
+            Prefer::Uncached
+        };
+        let slot = registry::claim(id, prefer);
         let fresh = Token::new(id, slot);
         // AcqRel / Acquire: the Release half pairs with `token`'s Acquire load (and the
         // Acquire half with a racing registrar's Release), so a thread that uses the token's
@@ -853,7 +908,7 @@ impl Core {
     }
 
     /// The instance's token, registering it first if needed.
-    /// Acquire pairs with the Release of `register`, `recall_credit` and `set_over`.
+    /// Acquire pairs with the Release of `register`, `recall_credit` and `set_side`.
     pub(crate) fn token(&self) -> Token {
         match self.hot.token.load(Acquire) {
             Token::UNREGISTERED => self.register(),
@@ -872,7 +927,7 @@ impl Core {
         }
         let current = self.token();
         let e = cache.entry(current)?;
-        let held = e.token.get();
+        let held = e.token();
         if held == current {
             // In sync, neither parked nor entering: nothing to do. (Going over the limit
             // always advances the epoch, see `recall_if_over` and `set_limit`, so an entry
@@ -882,9 +937,9 @@ impl Core {
         self.absorb();
         // The token's OVER state follows what this slow path sees (whoever sees the change
         // first flips it), so that entries synced on the other side never match.
-        let over = self.charged.load(Relaxed) > self.limit();
-        let current = if over != current.is_over() {
-            self.set_over(over);
+        let side = self.side_now();
+        let current = if side != current.side() {
+            self.set_side(side);
             self.token()
         } else {
             current
@@ -899,14 +954,14 @@ impl Core {
                 self.rebase(e, self.charged.load(Relaxed));
             }
         }
-        let entered = e.token.get().entered(); // cleared entries are not entered
+        let entered = e.token().entered(); // cleared entries are not entered
         let synced = current.with_entered(entered);
-        let over = self.charged.load(Relaxed) > self.limit();
-        if over {
-            self.give_back(e, e.credit());
-            e.token.set(synced.parked());
-        } else {
-            e.token.set(synced);
+        match self.side_now() {
+            Side::Under => e.set_token(synced),
+            Side::Over => {
+                self.give_back(e, e.credit());
+                e.set_token(synced.parked());
+            }
         }
         self.set_hold(e, self.charged.load(Relaxed));
         self.keep_within_hold(e);
@@ -1016,9 +1071,9 @@ impl Core {
         // The generation is loaded once, for both the old window's check and the new one.
         let gen = self.cold.peak_gen.load(Relaxed);
         self.publish_peak_at(e, gen);
-        e.base.set(after);
+        e.set_base(after);
         e.reset_low();
-        e.peak_gen.set(gen);
+        e.set_peak_gen(gen);
     }
 
     /// Publishes pending counts and the window's peak candidate.
@@ -1045,7 +1100,7 @@ impl Core {
     #[inline]
     fn publish_peak_at(&self, e: &Entry, gen: usize) {
         let candidate = e.peak_candidate();
-        if candidate > self.cold.peak.load(Relaxed) && e.peak_gen.get() == gen {
+        if candidate > self.cold.peak.load(Relaxed) && e.peak_gen() == gen {
             // The cap only here, on the rare new peak: the direct paths pass by every time.
             self.cold
                 .peak
@@ -1059,7 +1114,7 @@ impl Core {
         let token = self.hot.token.load(Relaxed);
         thread_cache::with_cache(|c| {
             if let Some(e) = c.entry(token) {
-                if e.token.get() == token {
+                if e.token() == token {
                     self.publish(e);
                 }
             }
@@ -1185,7 +1240,7 @@ impl Core {
         // holds one counted reference to its heap-allocated state (see
         // `ReservationState::retain`). `leave` repoints the entry before it releases a
         // removed frame's reference, so the pointee outlives this borrow.
-        unsafe { &*e.entered.get() }
+        unsafe { &*e.entered() }
     }
 
     fn charge_entered(&self, e: &Entry, size: usize, op: Op) -> bool {
@@ -1238,8 +1293,8 @@ impl Core {
             let e = self.sync_entry(c)?;
             let id = self.token().id();
             let index = thread_cache::with_enter_stack(|s| s.push(id, state)).flatten()?;
-            e.entered.set(state);
-            e.token.set(e.token.get().with_entered(Entered::Yes));
+            e.set_entered(state);
+            e.set_token(e.token().with_entered(Entered::Yes));
             Some(index)
         })
         .flatten()
@@ -1260,13 +1315,13 @@ impl Core {
         })
         .unwrap_or((0, core::ptr::null()));
         let _ = self.own_entry(|e| {
-            e.entered.set(innermost);
+            e.set_entered(innermost);
             let entered = if innermost.is_null() {
                 Entered::No
             } else {
                 Entered::Yes
             };
-            e.token.set(e.token.get().with_entered(entered));
+            e.set_token(e.token().with_entered(entered));
         });
         removed[..n].iter().copied().for_each(release);
     }
@@ -1335,7 +1390,7 @@ impl Core {
         let at = &self.hot.entry_at;
         let c = thread_cache::cache_for(at);
         let e = c.fast_entry(at);
-        let credit = if e.token.get() == token {
+        let credit = if e.token() == token {
             e.credit()
         } else {
             unusual();
@@ -1375,7 +1430,7 @@ impl Core {
         let gen = self.cold.peak_gen.load(Relaxed);
         let own = self
             .own_entry(|e| {
-                if e.peak_gen.get() == gen {
+                if e.peak_gen() == gen {
                     e.peak_candidate()
                 } else {
                     0
@@ -1404,9 +1459,9 @@ impl Core {
         self.cold.peak.store(current.min(self.peak_cap()), Relaxed);
         self.cold.overdraft.peak_reset(current, self.limit());
         let _ = self.own_entry(|e| {
-            e.base.set(self.charged.load(Relaxed));
+            e.set_base(self.charged.load(Relaxed));
             e.reset_low();
-            e.peak_gen.set(gen);
+            e.set_peak_gen(gen);
         });
     }
 
@@ -1584,7 +1639,7 @@ mod tests {
         for t in thresholds {
             let bits = t.to_bits();
             for limit in limits {
-                let core = Core::new(limit, true);
+                let core = Core::new(limit, Mode::Credit);
                 core.set_thresholds_bits(bits);
                 let mut points = vec![0, 1, limit / 2, limit, usize::MAX];
                 for cut in cut_points(bits, limit) {
@@ -1599,14 +1654,14 @@ mod tests {
                 }
             }
         }
-        assert_eq!(Core::new(0, true).level_of(0), PressureLevel::Critical);
+        assert_eq!(Core::new(0, Mode::Credit).level_of(0), PressureLevel::Critical);
     }
 
     /// The cut points follow the limit and the thresholds, also when both change at once on
     /// two threads: they end up those of the final setting.
     #[test]
     fn cut_points_follow_concurrent_changes() {
-        let core = Core::new(1000, true);
+        let core = Core::new(1000, Mode::Credit);
         assert_eq!(core.level_of(600), PressureLevel::Medium);
         core.set_limit(2000);
         assert_eq!(core.level_of(600), PressureLevel::Low);

@@ -19,7 +19,7 @@ mod thread_cache;
 mod token;
 mod tuning;
 
-pub(crate) use accounting::Core;
+pub(crate) use accounting::{Core, Mode, Report};
 pub(crate) use report::growing_to;
 pub use reservation_state::Overflow;
 pub(crate) use reservation_state::ReservationState;

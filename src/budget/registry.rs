@@ -94,15 +94,23 @@ impl Post {
     }
 }
 
-/// Claims a free slot for instance `id`, preferring the cached range when `want_cache`.
-/// `None` when the table is full.
-pub(crate) fn claim(id: u64, want_cache: bool) -> Option<usize> {
+/// Which range of the table an instance's slot should come from first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Prefer {
+    /// A slot with a per-thread cache (an instance that keeps credit per thread).
+    Cached,
+    /// A mailbox-only slot (an exact instance, which leaves the cached slots to others).
+    Uncached,
+}
+
+/// Claims a free slot for instance `id`, from the range `prefer` names first. `None` when
+/// the table is full.
+pub(crate) fn claim(id: u64, prefer: Prefer) -> Option<usize> {
     debug_assert!(id != FREE && id != DYING && id <= ID_MAX);
     clear_pins_after_fork();
-    let (first, second) = if want_cache {
-        (0..CACHED_SLOTS, CACHED_SLOTS..SLOTS)
-    } else {
-        (CACHED_SLOTS..SLOTS, 0..CACHED_SLOTS)
+    let (first, second) = match prefer {
+        Prefer::Cached => (0..CACHED_SLOTS, CACHED_SLOTS..SLOTS),
+        Prefer::Uncached => (CACHED_SLOTS..SLOTS, 0..CACHED_SLOTS),
     };
     first.chain(second).find(|&i| TABLE[i].pin.claim(id))
 }
@@ -338,7 +346,7 @@ mod tests {
         use std::sync::atomic::AtomicBool;
         use std::time::{Duration, Instant};
         let id = next_id();
-        let index = claim(id, false).unwrap();
+        let index = claim(id, Prefer::Uncached).unwrap();
         let (pinned, forked) = (AtomicBool::new(false), AtomicBool::new(false));
         std::thread::scope(|s| {
             s.spawn(|| {
@@ -383,7 +391,7 @@ mod tests {
     #[test]
     fn posts_reach_the_owner_and_only_the_owner() {
         let id = next_id();
-        let slot = claim(id, false).unwrap();
+        let slot = claim(id, Prefer::Uncached).unwrap();
         assert!(slot >= CACHED_SLOTS);
         post(
             slot,
@@ -418,7 +426,7 @@ mod tests {
             },
         );
         let other = next_id();
-        let again = claim(other, false).unwrap();
+        let again = claim(other, Prefer::Uncached).unwrap();
         if again == slot {
             assert!(
                 take(slot).is_empty(),

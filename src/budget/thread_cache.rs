@@ -52,7 +52,7 @@ pub(crate) fn unusual() {}
 /// so the fast path finds an entry with a shift (see [`ThreadCache::fast_entry`]).
 #[repr(C, align(64))]
 pub(crate) struct Entry {
-    pub token: Cell<Token>,
+    token: Cell<Token>,
     /// The credit above the window's low-water mark: `credit - low`. Together with `low`
     /// and `ceiling` it holds the credit, its low-water mark and the hold allowance in a
     /// form where an allocation is one subtraction in memory and a free one comparison and
@@ -85,12 +85,12 @@ pub(crate) struct Entry {
     /// entry's one cache line next to the count-downs.
     hold_units: Cell<u16>,
     /// The instance's charge when the window opened.
-    pub base: Cell<usize>,
+    base: Cell<usize>,
     /// The instance's peak generation when the window opened.
-    pub peak_gen: Cell<usize>,
+    peak_gen: Cell<usize>,
     /// The innermost live entered reservation of this instance on this thread, or null.
     /// Borrowed: the reference that keeps it alive is held by its [`EnterStack`] frame.
-    pub entered: Cell<*const ReservationState>,
+    entered: Cell<*const ReservationState>,
 }
 
 impl Entry {
@@ -108,6 +108,49 @@ impl Entry {
             peak_gen: Cell::new(0),
             entered: Cell::new(core::ptr::null()),
         }
+    }
+
+    /// The token of the instance this entry serves (with the entry-only flags), or
+    /// [`Token::NONE`].
+    #[inline(always)]
+    pub(crate) fn token(&self) -> Token {
+        self.token.get()
+    }
+
+    /// Re-syncs the entry to `token` (the slow path's, after it brought the credit in line).
+    #[inline]
+    pub(crate) fn set_token(&self, token: Token) {
+        self.token.set(token);
+    }
+
+    /// Sets the instance's charge when the window opened.
+    #[inline]
+    pub(crate) fn set_base(&self, base: usize) {
+        self.base.set(base);
+    }
+
+    /// The instance's peak generation when the window opened.
+    #[inline]
+    pub(crate) fn peak_gen(&self) -> usize {
+        self.peak_gen.get()
+    }
+
+    #[inline]
+    pub(crate) fn set_peak_gen(&self, gen: usize) {
+        self.peak_gen.set(gen);
+    }
+
+    /// The innermost live entered reservation of this instance on this thread, or null.
+    #[inline]
+    pub(crate) fn entered(&self) -> *const ReservationState {
+        self.entered.get()
+    }
+
+    /// Points the entry at the innermost live entered reservation (null: none). Borrowed:
+    /// the caller's enter-stack frame holds the reference.
+    #[inline]
+    pub(crate) fn set_entered(&self, state: *const ReservationState) {
+        self.entered.set(state);
     }
 
     /// Bytes charged to the budget and not yet spent by this thread.
@@ -397,22 +440,31 @@ const _: () = assert!(core::mem::size_of::<Entry>() == 64);
 // `cache_for` relies on the cache's storage never being torn down by a destructor.
 const _: () = assert!(!core::mem::needs_drop::<ThreadCache>());
 
-const FRESH: u8 = 0;
-const REGISTERING: u8 = 1;
-const LIVE: u8 = 2;
-const EXITED: u8 = 3;
+/// Where a thread's cache is in its life: only a `Live` cache may hold credit, because only
+/// then does the thread's exit hook return it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CacheState {
+    /// No call has needed the cache yet: its exit hook is not registered.
+    Fresh,
+    /// The exit hook is being registered (which may allocate and re-enter the allocator).
+    Registering,
+    /// The exit hook is registered: entries may hold credit.
+    Live,
+    /// The exit hook ran (or could not be registered): calls on this thread are exact.
+    Exited,
+}
 
 /// One thread's entries, one per cached slot.
 pub(crate) struct ThreadCache {
     entries: [Entry; CACHED_SLOTS],
-    state: Cell<u8>,
+    state: Cell<CacheState>,
 }
 
 impl ThreadCache {
     const fn new() -> Self {
         Self {
             entries: [const { Entry::new() }; CACHED_SLOTS],
-            state: Cell::new(FRESH),
+            state: Cell::new(CacheState::Fresh),
         }
     }
 
@@ -509,20 +561,21 @@ pub(crate) fn fast_entry_here(at: &EntryAt) -> &Entry {
 pub(crate) fn with_live_cache<R>(f: impl FnOnce(&ThreadCache) -> R) -> Option<R> {
     CACHE.with(|cache| {
         match cache.state.get() {
-            LIVE => {}
-            FRESH => {
-                cache.state.set(REGISTERING);
+            CacheState::Live => {}
+            CacheState::Fresh => {
+                cache.state.set(CacheState::Registering);
                 // Registering may allocate and re-enter the allocator, which then sees
                 // REGISTERING and takes the exact path. It fails when a thread's first
                 // allocation comes from a destructor at its exit, when registering is no
                 // longer possible: then this thread never holds credit.
                 let registered = register_exit_hook();
-                cache.state.set(if registered { LIVE } else { EXITED });
                 if !registered {
+                    cache.state.set(CacheState::Exited);
                     return None;
                 }
+                cache.state.set(CacheState::Live);
             }
-            _ => return None,
+            CacheState::Registering | CacheState::Exited => return None,
         }
         Some(f(cache))
     })
@@ -602,9 +655,9 @@ extern "C" fn exit_hook(_: *mut libc::c_void) {
 /// exits, and marks the cache exited (later calls on this thread are exact).
 fn return_all_credit() {
     CACHE.with(|cache| {
-        cache.state.set(EXITED);
+        cache.state.set(CacheState::Exited);
         for (slot, entry) in cache.entries.iter().enumerate() {
-            let token = entry.token.get();
+            let token = entry.token();
             if token.is_none() {
                 continue;
             }
@@ -616,7 +669,7 @@ fn return_all_credit() {
                 deallocs,
                 reallocs,
                 peak: entry.peak_candidate(),
-                peak_gen: entry.peak_gen.get(),
+                peak_gen: entry.peak_gen(),
                 hold: entry.hold(),
                 ..Post::default()
             };

@@ -95,6 +95,15 @@ impl Token {
         self.0 & OVER != 0
     }
 
+    /// Which side of its limit the instance was on when this token was made.
+    pub(crate) const fn side(self) -> Side {
+        if self.is_over() {
+            Side::Over
+        } else {
+            Side::Under
+        }
+    }
+
     /// The next epoch with the OVER state flipped: going over the limit, or back under it,
     /// always advances the epoch too, so every entry re-syncs.
     pub(crate) const fn next_epoch_toggling_over(self) -> Token {
@@ -139,6 +148,15 @@ impl Token {
     pub(crate) const fn parked(self) -> Token {
         Token(self.0 | PARKED)
     }
+}
+
+/// Which side of its limit an instance is on (the OVER state).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Side {
+    /// `charged <= limit`: credit is safe to spend.
+    Under,
+    /// `charged > limit` (a lowered limit, an overfilled pool, an overdraft): entries park.
+    Over,
 }
 
 /// Whether a thread has a reservation of the instance entered (the ENTERED flag).
