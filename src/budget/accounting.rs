@@ -71,6 +71,7 @@ use super::registry::{self, SLOTS};
 use super::thread_cache::{self, unusual, Entry, EntryAt, ThreadCache};
 use super::token::{AtomicToken, Token};
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicU8, AtomicUsize, Ordering::*};
+use crate::pressure::{PressureLevel, PressureThresholds};
 use crossbeam_utils::CachePadded;
 
 mod charge;
@@ -245,7 +246,7 @@ impl Core {
                 limit: AtomicUsize::new(limit),
                 cuts: {
                     let [medium, high, critical] =
-                        cut_points(crate::PressureThresholds::DEFAULT_BITS, limit);
+                        cut_points(PressureThresholds::DEFAULT_BITS, limit);
                     [
                         AtomicUsize::new(medium),
                         AtomicUsize::new(high),
@@ -254,7 +255,7 @@ impl Core {
                 },
                 report_refusals: AtomicBool::new(true),
                 thread_cache: AtomicBool::new(thread_cache),
-                thresholds: AtomicU64::new(crate::PressureThresholds::DEFAULT_BITS),
+                thresholds: AtomicU64::new(PressureThresholds::DEFAULT_BITS),
             }),
             charged: CachePadded::new(AtomicUsize::new(0)),
             credit_out: CachePadded::new(CreditPool::new()),
@@ -286,7 +287,10 @@ impl Core {
     }
 
     pub(crate) fn set_limit(&self, limit: usize) {
-        // SeqCst for `update_cuts` (see there); AcqRel would do for the rest.
+        // SeqCst: pairs with the SeqCst loads of the limit in `update_cuts` (on this or
+        // another thread changing the thresholds), one total order of the limit, the
+        // thresholds and the cut points (see there). The token's Release epoch bump below
+        // (`recall_credit`) is what publishes the new limit to syncing threads.
         let old = self.hot.limit.swap(limit, SeqCst);
         self.update_cuts();
         if limit < old {
@@ -319,10 +323,10 @@ impl Core {
     /// being changed on another thread, the cut points read may mix old and new ones; the
     /// count is then between the level of the old and that of the new setting.
     #[inline]
-    pub(crate) fn level_of(&self, used: usize) -> crate::PressureLevel {
+    pub(crate) fn level_of(&self, used: usize) -> PressureLevel {
         let reached = |cut: &AtomicUsize| usize::from(used >= cut.load(Relaxed));
         let [medium, high, critical] = &self.hot.cuts;
-        crate::PressureLevel::from_index(reached(medium) + reached(high) + reached(critical))
+        PressureLevel::from_index(reached(medium) + reached(high) + reached(critical))
     }
 
     /// Recomputes the cut points after the limit or the thresholds changed, until they were
@@ -334,6 +338,9 @@ impl Core {
     /// and a change it does not see is ordered after it, so the writer that made that
     /// change stores its cut points later still.
     fn update_cuts(&self) {
+        // SeqCst throughout: these loads pair with the writers' SeqCst stores of the limit
+        // and thresholds, and the cut-point stores with the re-reads after them (the
+        // argument above needs the single total order, not just acquire/release).
         loop {
             let limit = self.hot.limit.load(SeqCst);
             let bits = self.hot.thresholds.load(SeqCst);
@@ -347,6 +354,8 @@ impl Core {
     }
 
     pub(crate) fn set_thresholds_bits(&self, bits: u64) {
+        // SeqCst: pairs with the SeqCst loads of the thresholds in `update_cuts`, as the
+        // limit's swap in `set_limit` does.
         self.hot.thresholds.store(bits, SeqCst);
         self.update_cuts();
     }
@@ -424,7 +433,7 @@ impl Core {
 
     /// The pressure level of [`allocated_bytes`](Self::allocated_bytes).
     #[inline]
-    pub(crate) fn pressure_level(&self) -> crate::PressureLevel {
+    pub(crate) fn pressure_level(&self) -> PressureLevel {
         match self.allocated_bytes_quick() {
             Some(used) => self.level_of(used),
             None => self.pressure_level_cold(),
@@ -434,7 +443,7 @@ impl Core {
     /// [`pressure_level`](Self::pressure_level) when the quick read does not apply.
     #[cold]
     #[inline(never)]
-    fn pressure_level_cold(&self) -> crate::PressureLevel {
+    fn pressure_level_cold(&self) -> PressureLevel {
         self.level_of(self.allocated_bytes_cold())
     }
 
@@ -523,7 +532,6 @@ mod tests {
     use super::*;
     use crate::budget::registry::Post;
     use crate::budget::tuning::{CREDIT_SHARE, HOLD_MAX, THREAD_SHARE};
-    use crate::{PressureLevel, PressureThresholds};
 
     /// Holds that exited threads posted back are absorbed when a live thread's hold grows
     /// on a pool they left full: 8 threads take the whole pool (`limit / 16`, 8 full holds)

@@ -61,6 +61,9 @@ impl Pin {
     /// Runs `post` with the slot pinned if `id` owns it; see the module docs. Never blocks.
     pub(crate) fn with_pinned(&self, id: u64, post: impl FnOnce()) {
         self.pins.fetch_add(1, Relaxed);
+        // SeqCst: pairs with the owner's fence in `fence_and_wait` (after it marks the
+        // slot dying): one of the two fences comes first, so either the owner sees this
+        // pin or this load sees the owner gone (see the module docs).
         fence(SeqCst);
         if self.owner.load(Relaxed) == id {
             post();
@@ -83,6 +86,7 @@ impl Pin {
     /// For the owner `id`: a store it made before calling this (in program order) is seen
     /// by every later poster, and every earlier one has finished (their writes seen here).
     pub(crate) fn fence_and_wait(&self) {
+        // SeqCst: pairs with each poster's fence in `with_pinned` (see there).
         fence(SeqCst);
         self.wait_unpinned();
     }

@@ -174,6 +174,8 @@ pub(crate) fn post(index: usize, id: u64, post: Post) {
         add(&slot.hold, post.hold);
         add(&slot.claimed, post.claimed);
         add(&slot.unclaimed, post.unclaimed);
+        // Release: pairs with the Acquire swap in `take`, so an owner that sees the flag
+        // set also sees the counts added above (it then swaps them out, Relaxed).
         slot.dirty.store(true, Ordering::Release);
     });
 }
@@ -195,6 +197,8 @@ pub(crate) fn post_flag(index: usize) -> &'static AtomicBool {
 pub(crate) fn take(index: usize) -> Post {
     match TABLE.get(index) {
         Some(slot) if slot.dirty.load(Ordering::Relaxed) => {
+            // Acquire: pairs with the Release store of the flag in `post`, so the counts
+            // posted before it are seen by `take_all`.
             if slot.dirty.swap(false, Ordering::Acquire) {
                 take_all(slot)
             } else {

@@ -170,6 +170,8 @@ impl ReservationState {
     /// Closes the reservation (its guard drops) and takes its unspent headroom: the bytes
     /// to uncharge. See [`give`](Self::give) for the handshake.
     pub(crate) fn close(&self) -> usize {
+        // SeqCst: pairs with `give`'s SeqCst `held += back` and load of `closed` (the
+        // store-load handshake argued there).
         self.closed.store(true, SeqCst);
         self.held.swap(0, SeqCst)
     }
