@@ -230,7 +230,8 @@ fn child(query: &str) {
         .filter(|c| c.refusals > 0)
         .map(|c| format!("{}:{}", c.name.replace(' ', "_"), c.refusals))
         .collect();
-    let common = format!(
+    let common =
+        format!(
         "base={base} tables={tables} limit={} peak={peak} pool_peak={} refusals={} refused_by={}",
         limit.unwrap_or(0),
         pool_stats.peak_reserved,

@@ -253,6 +253,48 @@ mod tests {
     }
 
     #[test]
+    fn kinds_follow_the_spill_flag_and_the_name() {
+        assert_eq!(Kind::of("RepartitionExec[1]", true), Kind::InFlight);
+        assert_eq!(Kind::of("ExternalSorter[0]", true), Kind::Spillable);
+        assert_eq!(Kind::of("RepartitionExec[Merge 0]", false), Kind::Unspillable);
+        assert_eq!(Kind::of("HashJoinInput", false), Kind::Unspillable);
+    }
+
+    #[test]
+    fn batches_in_flight_ignore_shares_and_spill_only_when_memory_is_short() {
+        let in_flight = |requested, held| Ask {
+            requested,
+            held,
+            kind: Kind::InFlight,
+        };
+        // 30 MiB available, 10 margin, 15 unspillable: 5 usable, a spillable share of
+        // 5 / 2 = 2.5 MiB (copies of 100%). A batch in flight is already charged: it is granted past any
+        // share while the margin and the unspillable reservations are still free.
+        let v = View {
+            unspillable: 15 * MIB,
+            ..view(30 * MIB)
+        };
+        assert_eq!(v.share(), 5 * MIB / 2);
+        assert_eq!(decide(in_flight(8 * MIB, 40 * MIB), &v), Ok(()));
+        // 24 MiB available is under the 25 kept: the batch spills.
+        let short = View {
+            available: 24 * MIB,
+            ..v
+        };
+        assert_eq!(
+            decide(in_flight(1, 0), &short),
+            Err(RefusalReason::InFlight {
+                available: 24 * MIB,
+                kept: 25 * MIB
+            })
+        );
+        assert_eq!(
+            decide(in_flight(usize::MAX, 1), &v),
+            Err(RefusalReason::Overflow)
+        );
+    }
+
+    #[test]
     fn overflowing_sizes_are_refused_not_wrapped() {
         let v = view(usize::MAX);
         assert_eq!(

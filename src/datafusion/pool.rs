@@ -530,6 +530,29 @@ mod tests {
     }
 
     #[test]
+    fn repartition_batches_take_no_share_from_the_spilling_operators() {
+        let (pool, dyn_pool) = pool();
+        let sorter = MemoryConsumer::new("ExternalSorter[0]")
+            .with_can_spill(true)
+            .register(&dyn_pool);
+        let channel = MemoryConsumer::new("RepartitionExec[0]")
+            .with_can_spill(true)
+            .register(&dyn_pool);
+        // 60 MiB usable, copies of 200%: the sorter alone has a share of 20 MiB, the
+        // repartition's channel does not halve it.
+        sorter.try_grow(20 * MIB).unwrap();
+        // The channel's batches pass any share while the margin is free ...
+        channel.try_grow(30 * MIB).unwrap();
+        assert_eq!(pool.reserved(), 50 * MIB);
+        assert_eq!(pool.stats().refusals, 0);
+        // ... and count as spillable in the figures, as DataFusion registered them.
+        let stats = pool.stats();
+        let by_name = |n: &str| stats.by_consumer.iter().find(|c| c.name == n).unwrap();
+        assert!(by_name("RepartitionExec[0]").can_spill);
+        assert_eq!(by_name("RepartitionExec[0]").reserved, 30 * MIB);
+    }
+
+    #[test]
     fn grow_and_shrink_are_counted_even_past_the_limit() {
         let (pool, dyn_pool) = pool();
         let join = MemoryConsumer::new("join").register(&dyn_pool);
