@@ -29,6 +29,7 @@ mod requests;
 mod reservation;
 mod scope;
 mod stats;
+mod stderr;
 mod thread_cache;
 mod units;
 
@@ -37,6 +38,7 @@ pub mod config;
 pub mod leak;
 pub mod metrics;
 pub mod monitor;
+pub mod panic_hook;
 pub mod pressure;
 pub mod sampler;
 pub mod timeline;
