@@ -185,8 +185,11 @@ fn side() -> Side {
         .with_memory_pool(pool.clone())
         .build_arc()
         .expect("runtime");
-    let ctx =
-        SessionContext::new_with_config_rt(SessionConfig::new().with_target_partitions(2), runtime);
+    // Both sides with the hard limit's settings (one spill file per repartitioned batch), so
+    // the ratio is the pool's and the allocator's, not a DataFusion setting's.
+    let config =
+        limited_allocator::datafusion::configure(SessionConfig::new().with_target_partitions(2));
+    let ctx = SessionContext::new_with_config_rt(config, runtime);
     ctx.register_table("t", Arc::new(t)).expect("t");
     ctx.register_table("d", Arc::new(d)).expect("d");
     Side {

@@ -90,10 +90,12 @@ fn spills(plan: &Arc<dyn ExecutionPlan>) -> usize {
 
 fn context(pool: Option<Arc<DataFusionPool>>) -> Result<SessionContext, DataFusionError> {
     let mut runtime = RuntimeEnvBuilder::new();
+    let mut config = SessionConfig::new().with_target_partitions(2);
     if let Some(pool) = pool {
         runtime = runtime.with_memory_pool(pool);
+        // The settings a query under the hard limit needs beside the pool.
+        config = limited_allocator::datafusion::configure(config);
     }
-    let config = SessionConfig::new().with_target_partitions(2);
     let ctx = SessionContext::new_with_config_rt(config, runtime.build_arc()?);
     ctx.register_table("t", Arc::new(table()))?;
     Ok(ctx)

@@ -337,11 +337,20 @@ impl<A> LimitedAllocator<A> {
     }
 
     /// Gives this thread's unspent credit back to the shared budget now, e.g. before a
-    /// worker parks for a long time. (A thread's exit does this by itself.)
+    /// worker parks for a long time. (A thread's exit does this by itself.) An idle
+    /// thread's credit is only recalled with its cooperation, so a runtime's workers call
+    /// this where they go idle: with tokio, `on_thread_park` (see `docs/design.md`).
     ///
     /// ```
-    /// let a = limited_allocator::LimitedAllocator::new(std::alloc::System, 1 << 20);
-    /// a.release_thread_credit();
+    /// use limited_allocator::LimitedAllocator;
+    /// static ALLOC: LimitedAllocator = LimitedAllocator::new(std::alloc::System, 64 << 20);
+    ///
+    /// let rt = tokio::runtime::Builder::new_multi_thread()
+    ///     .on_thread_park(|| ALLOC.release_thread_credit())
+    ///     .build()?;
+    /// # drop(rt);
+    /// ALLOC.release_thread_credit();
+    /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn release_thread_credit(&self) {
         self.core.return_own_credit();

@@ -22,6 +22,7 @@ mod requests;
 mod reservation;
 mod scope;
 mod stats;
+mod stderr;
 mod units;
 
 pub mod chunking;
@@ -29,6 +30,7 @@ pub mod config;
 pub mod leak;
 pub mod metrics;
 pub mod monitor;
+pub mod panic_hook;
 pub mod pressure;
 pub mod sampler;
 pub mod timeline;

@@ -34,9 +34,8 @@ const BATCH: i64 = 8192;
 
 /// Limits as the charge before the tables were built plus this multiple of the tables'
 /// own bytes: generous, middle, tight, and barely above the tables (the query's own room
-/// is three quarters of the tables). At 1.5 the aggregate hung in 1 of 4 runs (every task
-/// parked, no panic: see docs/datafusion.md), so the tightest is 1.75.
-const FACTORS: [f64; 4] = [4.0, 3.0, 2.0, 1.75];
+/// is half the tables).
+const FACTORS: [f64; 5] = [4.0, 3.0, 2.0, 1.75, 1.5];
 const MIDDLE: f64 = 3.0;
 
 const QUERIES: [(&str, &str); 3] = [
@@ -207,7 +206,12 @@ fn child(query: &str) {
             datafusion::execution::memory_pool::FairSpillPool::new(size),
         ));
     }
-    let config = SessionConfig::new().with_target_partitions(2);
+    let mut config = SessionConfig::new().with_target_partitions(2);
+    // The pool's companion settings (RepartitionExec's spill files: DataFusion 55.2 can
+    // deadlock without it); DF_RAW_CONFIG=1 leaves them out, to show the hang.
+    if pool.is_some() && std::env::var_os("DF_RAW_CONFIG").is_none() {
+        config = limited_allocator::datafusion::configure(config);
+    }
     let ctx = SessionContext::new_with_config_rt(config, runtime.build_arc().expect("runtime"));
     ctx.register_table("t", Arc::new(fact)).expect("register t");
     ctx.register_table("d", Arc::new(dim)).expect("register d");
@@ -219,11 +223,20 @@ fn child(query: &str) {
     let peak = ALLOC.peak_bytes();
     ALLOC.set_limit(LimitedAllocator::UNLIMITED);
     let pool_stats = pool.as_ref().map(|p| p.stats()).unwrap_or_default();
-    let common = format!(
-        "base={base} tables={tables} limit={} peak={peak} pool_peak={} refusals={}",
+    // Which consumers were refused, and how often: `name:count,...` (names without spaces).
+    let refused_by: Vec<String> = pool_stats
+        .by_consumer
+        .iter()
+        .filter(|c| c.refusals > 0)
+        .map(|c| format!("{}:{}", c.name.replace(' ', "_"), c.refusals))
+        .collect();
+    let common =
+        format!(
+        "base={base} tables={tables} limit={} peak={peak} pool_peak={} refusals={} refused_by={}",
         limit.unwrap_or(0),
         pool_stats.peak_reserved,
-        pool_stats.refusals
+        pool_stats.refusals,
+        if refused_by.is_empty() { "-".into() } else { refused_by.join(",") }
     );
     match result {
         Ok((out, spills)) => println!(
@@ -301,13 +314,7 @@ fn launch(query: &str, factor: Option<f64>) -> Run {
     Run { fields, out }
 }
 
-// Ignored in CI: a query at a tight limit can hang (every tokio worker parked, no panic, no
-// error): seen for the aggregate at 1.5x the tables (1 run in 4) and once for the join at
-// 2x on a fresh-clone CI run, which the 300 s child timeout turned into a failure. That
-// breaks the pool's guarantee (complete or ResourcesExhausted) and is open in issue 11.
-// Run it by hand: `cargo test -p allocator-tests --test datafusion_queries -- --ignored`.
 #[test]
-#[ignore = "a query at a tight limit can hang (issue 11); run with --ignored"]
 fn queries_hold_the_limit() {
     if let Some(role) = child_role() {
         return child(&role);

@@ -30,6 +30,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let seconds: u64 = args.next().map(|a| a.parse()).transpose()?.unwrap_or(60);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(4)
+        // An idle worker's credit comes back only with its cooperation: hand it back at
+        // each park, so the whole budget stays usable (docs/design.md).
+        .on_thread_park(|| ALLOC.release_thread_credit())
         .enable_all()
         .build()?;
     let served = runtime.block_on(async {

@@ -3,7 +3,9 @@
 //! (`LimitedAllocator` in `allocator`, `Reservation` and `EnterGuard` in `reservation`,
 //! `scope`, the Arrow pool in `arrow`) are built on it and import from it; nothing here
 //! imports a shell. Outside this folder the core uses only the leaf modules `error` (the
-//! refusal line's number formatting) and `pressure` (levels and thresholds).
+//! refusal line's number formatting), `stderr` (the raw write of a line), `panic_hook` (the
+//! kept panic message that follows an abort's line; it imports only `stderr`) and
+//! `pressure` (levels and thresholds).
 //!
 //! Dependencies, one way (an arrow reads "imports"; checked with
 //! `grep -rn "use super::\|crate::" src/budget`):
@@ -17,7 +19,7 @@
 //!       ├──▶ thread_cache ──▶ registry, reservation_state, token, tuning
 //!       ├──▶ registry ──────▶ pin ──▶ sync;  token, tuning
 //!       ├──▶ credit_pool ───▶ sync
-//!       ├──▶ overdraft ─────▶ report ──▶ crate::error;  tuning
+//!       ├──▶ overdraft ─────▶ report ──▶ crate::{error, stderr, panic_hook};  tuning
 //!       └──▶ reservation_state, token, tuning, crate::pressure  (leaves: import nothing
 //!                                                               of the crate)
 //! ```

@@ -93,6 +93,8 @@ pub(crate) fn overdraft_spent(requested: usize, current: usize, limit: usize, al
         Exact(allowance),
     );
     line.finish_and_write();
+    // Under output capture the panic's own message went to a buffer the abort loses.
+    crate::panic_hook::write_kept();
 }
 
 /// The token bucket (GCRA): takes one line's token at `now` if there is one.
@@ -202,15 +204,7 @@ impl StackLine {
     fn finish_and_write(mut self) {
         let end = self.len.min(self.buf.len() - 1);
         self.buf[end] = b'\n';
-        let mut bytes = &self.buf[..=end];
-        while !bytes.is_empty() {
-            // SAFETY: `bytes` is a live, initialised slice; write(2) reads at most its length.
-            let n = unsafe { libc::write(2, bytes.as_ptr().cast(), bytes.len()) };
-            if n <= 0 {
-                return; // stderr closed or broken: nothing more we can do without allocating
-            }
-            bytes = &bytes[n as usize..];
-        }
+        crate::stderr::write_all(&self.buf[..=end]);
     }
 }
 

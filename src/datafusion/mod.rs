@@ -14,7 +14,9 @@
 //! let runtime = RuntimeEnvBuilder::new()
 //!     .with_memory_pool(Arc::new(DataFusionPool::new(&ALLOC)))
 //!     .build_arc()?;
-//! let ctx = SessionContext::new_with_config_rt(SessionConfig::new(), runtime);
+//! // The settings a query under a hard limit needs beside the pool (see `configure`).
+//! let config = limited_allocator::datafusion::configure(SessionConfig::new());
+//! let ctx = SessionContext::new_with_config_rt(config, runtime);
 //! # Ok::<(), datafusion::error::DataFusionError>(())
 //! ```
 //!
@@ -22,11 +24,13 @@
 //! ["datafusion"]`: the default `arrow` feature is arrow-buffer 60 and DataFusion 55 is on
 //! arrow 59, so keeping it would build two arrow-buffers.
 
+mod config;
 mod policy;
 mod pool;
 mod refusal;
 mod stats;
 
+pub use config::{configure, REPARTITION_SPILL_FILE_BYTES};
 pub use pool::DataFusionPool;
 pub use refusal::{Refusal, RefusalReason};
 pub use stats::{ConsumerStats, PoolStats};

@@ -10,6 +10,39 @@
 
 use super::refusal::RefusalReason;
 
+/// Consumers whose reservations count batches in flight between operators: the bytes are
+/// allocated before they ask, are handed on and never copied, and a refusal writes the batch
+/// to a spill file instead. DataFusion gives no flag for that; its names do.
+const IN_FLIGHT_PREFIXES: [&str; 1] = ["RepartitionExec["];
+
+/// What a consumer's reservation is, for the rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Kind {
+    /// Operator state that a refusal makes it spill (a sort's buffer, an aggregate's table):
+    /// it takes a fair share and needs room for its copy.
+    Spillable,
+    /// State that cannot spill (a join's build side, a merge's buffers): a refusal fails
+    /// the query.
+    Unspillable,
+    /// Batches already allocated, queued between operators (`RepartitionExec`'s channels):
+    /// granting them adds no real bytes and they are never copied, so they take no fair
+    /// share; a refusal spills the batch, which frees it.
+    InFlight,
+}
+
+impl Kind {
+    /// The kind of a consumer named `name`.
+    pub(super) fn of(name: &str, can_spill: bool) -> Self {
+        if !can_spill {
+            Self::Unspillable
+        } else if IN_FLIGHT_PREFIXES.iter().any(|p| name.starts_with(p)) {
+            Self::InFlight
+        } else {
+            Self::Spillable
+        }
+    }
+}
+
 /// One `try_grow` as the rule sees it.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Ask {
@@ -17,14 +50,15 @@ pub(super) struct Ask {
     pub(super) requested: usize,
     /// Bytes the consumer holds already (all its reservations).
     pub(super) held: usize,
-    /// Whether a refusal makes the consumer spill.
-    pub(super) can_spill: bool,
+    /// What the consumer's reservation is.
+    pub(super) kind: Kind,
 }
 
 /// The pool and the allocator at the moment of the ask.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct View {
-    /// Spillable consumers registered.
+    /// Spillable consumers registered ([`Kind::Spillable`] only: batches in flight take no
+    /// share).
     pub(super) num_spill: usize,
     /// Bytes reserved by spillable consumers.
     pub(super) spillable: usize,
@@ -77,7 +111,11 @@ pub(super) fn decide(ask: Ask, view: &View) -> Result<(), RefusalReason> {
         .held
         .checked_add(ask.requested)
         .ok_or(RefusalReason::Overflow)?;
-    if ask.can_spill && after > view.share() {
+    if ask.kind == Kind::InFlight {
+        return in_flight(view);
+    }
+    let can_spill = ask.kind == Kind::Spillable;
+    if can_spill && after > view.share() {
         return Err(RefusalReason::FairShare {
             share: view.share(),
         });
@@ -85,11 +123,29 @@ pub(super) fn decide(ask: Ask, view: &View) -> Result<(), RefusalReason> {
     // A spillable consumer: the new bytes, plus the copies it may make of all it will hold
     // (a spill or an emit copies the whole state, not just the last growth). An unspillable
     // one: the new bytes, which `usable` goes on holding back while it is reserved.
-    let copies = if ask.can_spill { view.copies(after) } else { 0 };
+    let copies = if can_spill { view.copies(after) } else { 0 };
     let needed = ask.requested.saturating_add(copies);
     let usable = view.usable();
     if needed > usable {
         return Err(RefusalReason::Headroom { needed, usable });
+    }
+    Ok(())
+}
+
+/// A batch in flight is already charged: granting it keeps it in memory, refusing it spills
+/// and frees it. So it is granted while the allocator still has the margin and the
+/// unspillable reservations free, whatever the fair shares, and spilled only when memory
+/// is really short. `RepartitionExec` spilling is both slow and, in DataFusion 55.2, able
+/// to deadlock the query (apache/datafusion#24883: two input tasks spilling into one
+/// output's spill pool at once park every task); keeping it to real shortage keeps that
+/// rare (see `docs/datafusion.md`).
+fn in_flight(view: &View) -> Result<(), RefusalReason> {
+    let kept = view.margin.saturating_add(view.unspillable);
+    if view.available < kept {
+        return Err(RefusalReason::InFlight {
+            available: view.available,
+            kept,
+        });
     }
     Ok(())
 }
@@ -115,7 +171,7 @@ mod tests {
         Ask {
             requested,
             held,
-            can_spill: true,
+            kind: Kind::Spillable,
         }
     }
 
@@ -141,7 +197,7 @@ mod tests {
         let unspillable = Ask {
             requested: 1,
             held: 0,
-            can_spill: false,
+            kind: Kind::Unspillable,
         };
         assert_eq!(
             decide(unspillable, &v),
@@ -182,7 +238,7 @@ mod tests {
         let ask = |requested| Ask {
             requested,
             held: 30 * MIB,
-            can_spill: false,
+            kind: Kind::Unspillable,
         };
         assert_eq!(decide(ask(10 * MIB), &v), Ok(()));
         assert_eq!(
@@ -194,6 +250,48 @@ mod tests {
         );
         // And they shrink what spillable consumers may take: capacity 10 / 2.
         assert_eq!(v.share(), 5 * MIB);
+    }
+
+    #[test]
+    fn kinds_follow_the_spill_flag_and_the_name() {
+        assert_eq!(Kind::of("RepartitionExec[1]", true), Kind::InFlight);
+        assert_eq!(Kind::of("ExternalSorter[0]", true), Kind::Spillable);
+        assert_eq!(Kind::of("RepartitionExec[Merge 0]", false), Kind::Unspillable);
+        assert_eq!(Kind::of("HashJoinInput", false), Kind::Unspillable);
+    }
+
+    #[test]
+    fn batches_in_flight_ignore_shares_and_spill_only_when_memory_is_short() {
+        let in_flight = |requested, held| Ask {
+            requested,
+            held,
+            kind: Kind::InFlight,
+        };
+        // 30 MiB available, 10 margin, 15 unspillable: 5 usable, a spillable share of
+        // 5 / 2 = 2.5 MiB (copies of 100%). A batch in flight is already charged: it is granted past any
+        // share while the margin and the unspillable reservations are still free.
+        let v = View {
+            unspillable: 15 * MIB,
+            ..view(30 * MIB)
+        };
+        assert_eq!(v.share(), 5 * MIB / 2);
+        assert_eq!(decide(in_flight(8 * MIB, 40 * MIB), &v), Ok(()));
+        // 24 MiB available is under the 25 kept: the batch spills.
+        let short = View {
+            available: 24 * MIB,
+            ..v
+        };
+        assert_eq!(
+            decide(in_flight(1, 0), &short),
+            Err(RefusalReason::InFlight {
+                available: 24 * MIB,
+                kept: 25 * MIB
+            })
+        );
+        assert_eq!(
+            decide(in_flight(usize::MAX, 1), &v),
+            Err(RefusalReason::Overflow)
+        );
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! `DataFusionPool`: DataFusion's `MemoryPool` over a [`LimitedAllocator`]'s hard limit.
 
-use super::policy::{self, Ask, View};
+use super::policy::{self, Ask, Kind, View};
 use super::refusal::Refusal;
 use super::stats::{ConsumerStats, PoolStats};
 use crate::error::Exact;
@@ -65,6 +65,7 @@ struct State {
     num_spill: usize,
     spillable: usize,
     unspillable: usize,
+    in_flight: usize,
     peak_reserved: usize,
     grants: u64,
     refusals: u64,
@@ -74,6 +75,7 @@ struct State {
 struct Live {
     name: String,
     can_spill: bool,
+    kind: Kind,
     reserved: usize,
 }
 
@@ -250,7 +252,16 @@ impl<A: GlobalAlloc + Send + Sync> DataFusionPool<A> {
 
 impl State {
     fn reserved(&self) -> usize {
-        self.spillable + self.unspillable
+        self.spillable + self.unspillable + self.in_flight
+    }
+
+    /// The sum that `kind`'s reservations add to.
+    fn sum_of(&mut self, kind: Kind) -> &mut usize {
+        match kind {
+            Kind::Spillable => &mut self.spillable,
+            Kind::Unspillable => &mut self.unspillable,
+            Kind::InFlight => &mut self.in_flight,
+        }
     }
 
     /// The live entry of `consumer`, made on first sight (a reservation grown before its
@@ -259,6 +270,7 @@ impl State {
         self.live.entry(consumer.id()).or_insert_with(|| Live {
             name: consumer.name().to_string(),
             can_spill: consumer.can_spill(),
+            kind: Kind::of(consumer.name(), consumer.can_spill()),
             reserved: 0,
         })
     }
@@ -278,12 +290,10 @@ impl State {
     fn add(&mut self, consumer: &MemoryConsumer, bytes: usize) {
         let live = self.live(consumer);
         live.reserved = live.reserved.saturating_add(bytes);
-        let (held, can_spill, name) = (live.reserved, live.can_spill, live.name.clone());
-        if can_spill {
-            self.spillable = self.spillable.saturating_add(bytes);
-        } else {
-            self.unspillable = self.unspillable.saturating_add(bytes);
-        }
+        let (held, can_spill, kind) = (live.reserved, live.can_spill, live.kind);
+        let name = live.name.clone();
+        let sum = self.sum_of(kind);
+        *sum = sum.saturating_add(bytes);
         self.peak_reserved = self.peak_reserved.max(self.reserved());
         self.grants += 1;
         let named = self.named(&name, can_spill);
@@ -298,12 +308,9 @@ impl State {
         // caller does.
         let bytes = bytes.min(live.reserved);
         live.reserved -= bytes;
-        let (can_spill, name) = (live.can_spill, live.name.clone());
-        if can_spill {
-            self.spillable = self.spillable.saturating_sub(bytes);
-        } else {
-            self.unspillable = self.unspillable.saturating_sub(bytes);
-        }
+        let (can_spill, kind, name) = (live.can_spill, live.kind, live.name.clone());
+        let sum = self.sum_of(kind);
+        *sum = sum.saturating_sub(bytes);
         let named = self.named(&name, can_spill);
         named.reserved = named.reserved.saturating_sub(bytes);
     }
@@ -316,8 +323,7 @@ impl<A: GlobalAlloc + Send + Sync> MemoryPool for DataFusionPool<A> {
 
     fn register(&self, consumer: &MemoryConsumer) {
         let mut state = self.lock();
-        state.live(consumer);
-        if consumer.can_spill() {
+        if state.live(consumer).kind == Kind::Spillable {
             state.num_spill += 1;
         }
         state
@@ -329,7 +335,7 @@ impl<A: GlobalAlloc + Send + Sync> MemoryPool for DataFusionPool<A> {
         let mut state = self.lock();
         // Its reservations were freed (shrunk) before the registration dropped.
         if let Some(live) = state.live.remove(&consumer.id()) {
-            if live.can_spill {
+            if live.kind == Kind::Spillable {
                 state.num_spill = state.num_spill.saturating_sub(1);
             }
         }
@@ -358,7 +364,7 @@ impl<A: GlobalAlloc + Send + Sync> MemoryPool for DataFusionPool<A> {
         let ask = Ask {
             requested: additional,
             held,
-            can_spill: consumer.can_spill(),
+            kind: Kind::of(consumer.name(), consumer.can_spill()),
         };
         match policy::decide(ask, &view) {
             Ok(()) => {
@@ -521,6 +527,29 @@ mod tests {
         assert_eq!((a_stats.reserved, a_stats.peak_reserved), (0, 10 * MIB));
         assert_eq!((a_stats.grants, a_stats.refusals), (1, 1));
         assert_eq!(a_stats.refused_bytes, 6 * MIB as u64);
+    }
+
+    #[test]
+    fn repartition_batches_take_no_share_from_the_spilling_operators() {
+        let (pool, dyn_pool) = pool();
+        let sorter = MemoryConsumer::new("ExternalSorter[0]")
+            .with_can_spill(true)
+            .register(&dyn_pool);
+        let channel = MemoryConsumer::new("RepartitionExec[0]")
+            .with_can_spill(true)
+            .register(&dyn_pool);
+        // 60 MiB usable, copies of 200%: the sorter alone has a share of 20 MiB, the
+        // repartition's channel does not halve it.
+        sorter.try_grow(20 * MIB).unwrap();
+        // The channel's batches pass any share while the margin is free ...
+        channel.try_grow(30 * MIB).unwrap();
+        assert_eq!(pool.reserved(), 50 * MIB);
+        assert_eq!(pool.stats().refusals, 0);
+        // ... and count as spillable in the figures, as DataFusion registered them.
+        let stats = pool.stats();
+        let by_name = |n: &str| stats.by_consumer.iter().find(|c| c.name == n).unwrap();
+        assert!(by_name("RepartitionExec[0]").can_spill);
+        assert_eq!(by_name("RepartitionExec[0]").reserved, 30 * MIB);
     }
 
     #[test]

@@ -27,6 +27,15 @@ pub enum RefusalReason {
         /// The allocator's available bytes less the margin.
         usable: usize,
     },
+    /// A batch in flight between operators (`RepartitionExec`) met an allocator whose
+    /// available bytes no longer cover the margin and the unspillable reservations: the
+    /// batch goes to a spill file, which frees it.
+    InFlight {
+        /// The allocator's available bytes.
+        available: usize,
+        /// The margin plus the unspillable reservations.
+        kept: usize,
+    },
     /// The reservation's size would overflow `usize`.
     Overflow,
 }
@@ -42,6 +51,13 @@ impl fmt::Display for RefusalReason {
                 "needs {} of real headroom, {} usable",
                 Exact(needed),
                 Exact(usable)
+            ),
+            Self::InFlight { available, kept } => write!(
+                f,
+                "a batch in flight, with {} available under the {} kept for the margin and \
+                 unspillable reservations",
+                Exact(available),
+                Exact(kept)
             ),
             Self::Overflow => f.write_str("the reservation's size would overflow"),
         }
