@@ -129,7 +129,7 @@ fn panics_with_its_message(test: &str, role: &str, capture: bool, backtrace: &st
                 panic!("{case}: aborted without the allocator's line: {out:#?}")
             });
             assert!(
-                all[refused..].contains(&format!("the panic under way was: panicked at ")),
+                all[refused..].contains("the panic under way was: panicked at "),
                 "{case}: the message is not the allocator's copy: {out:#?}"
             );
             assert!(message > refused, "{case}: {out:#?}");
