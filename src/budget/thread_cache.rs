@@ -343,10 +343,10 @@ impl Entry {
 /// One `enter()` on this thread: which instance, which reservation (holding one counted
 /// reference to it), and whether its guard is still alive.
 #[derive(Clone, Copy)]
-pub(crate) struct Frame {
-    pub id: u64,
-    pub state: *const ReservationState,
-    pub live: bool,
+struct Frame {
+    id: u64,
+    state: *const ReservationState,
+    live: bool,
 }
 
 impl Frame {
