@@ -51,6 +51,9 @@ use std::alloc::{GlobalAlloc, Layout, System};
 pub struct LimitedAllocator<A = System> {
     inner: A,
     core: Core,
+    /// The Arrow pool's own state, next to its impl.
+    #[cfg(feature = "arrow")]
+    arrow: crate::arrow::ArrowState,
 }
 
 impl LimitedAllocator {
@@ -73,6 +76,8 @@ impl<A> LimitedAllocator<A> {
         Self {
             inner,
             core: Core::new(limit_bytes, Mode::Credit),
+            #[cfg(feature = "arrow")]
+            arrow: crate::arrow::ArrowState::new(),
         }
     }
 
@@ -90,11 +95,18 @@ impl<A> LimitedAllocator<A> {
         Self {
             inner,
             core: Core::new(limit_bytes, Mode::Exact),
+            #[cfg(feature = "arrow")]
+            arrow: crate::arrow::ArrowState::new(),
         }
     }
 
     pub(crate) fn core(&self) -> &Core {
         &self.core
+    }
+
+    #[cfg(feature = "arrow")]
+    pub(crate) fn arrow_state(&self) -> &crate::arrow::ArrowState {
+        &self.arrow
     }
 
     /// The wrapped allocator.
@@ -379,7 +391,7 @@ impl<A> LimitedAllocator<A> {
             reserved_bytes: counts.reserved,
             peak_bytes: self.peak_bytes().max(current.min(self.core.peak_cap())),
             limit_bytes: limit,
-            pool_claimed_bytes: counts.claimed,
+            pool_claimed_bytes: counts.attributed,
             pressure: self.core.level_of(current),
             overdraft_limit_bytes: counts.overdraft.allowance,
             overdraft_grants: counts.overdraft.grants,
@@ -398,17 +410,16 @@ impl<A: GlobalAlloc> LimitedAllocator<A> {
     /// `alloc`'s contract for `layout`.
     #[cold]
     #[inline(never)]
-    unsafe fn alloc_rest(layout: Layout, spent: Spent, zeroed: bool, this: &Self) -> *mut u8 {
+    unsafe fn alloc_rest(layout: Layout, spent: Spent, fill: Fill, this: &Self) -> *mut u8 {
         let size = layout.size();
         if !this.core.finish_charge(spent, size, Op::Alloc) {
             return core::ptr::null_mut();
         }
         // SAFETY: the caller upholds `alloc`'s contract for `layout`; forwarded as is.
         let ptr = unsafe {
-            if zeroed {
-                this.inner.alloc_zeroed(layout)
-            } else {
-                this.inner.alloc(layout)
+            match fill {
+                Fill::Zeroed => this.inner.alloc_zeroed(layout),
+                Fill::Uninit => this.inner.alloc(layout),
             }
         };
         if ptr.is_null() {
@@ -477,7 +488,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for LimitedAllocator<A> {
                 ptr
             }
             // SAFETY: as above.
-            spent => unsafe { Self::alloc_rest(layout, spent, false, self) },
+            spent => unsafe { Self::alloc_rest(layout, spent, Fill::Uninit, self) },
         }
     }
 
@@ -494,7 +505,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for LimitedAllocator<A> {
                 ptr
             }
             // SAFETY: as in `alloc`.
-            spent => unsafe { Self::alloc_rest(layout, spent, true, self) },
+            spent => unsafe { Self::alloc_rest(layout, spent, Fill::Zeroed, self) },
         }
     }
 
@@ -541,4 +552,11 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for LimitedAllocator<A> {
             new
         }
     }
+}
+
+/// What the inner allocator is asked for on the slow path: `alloc` or `alloc_zeroed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fill {
+    Uninit,
+    Zeroed,
 }

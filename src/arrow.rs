@@ -29,6 +29,7 @@ use crate::budget::registry::{self, Post};
 use crate::reservation::Reservation;
 use crate::LimitedAllocator;
 use arrow_buffer::{MemoryPool, MemoryReservation};
+use core::sync::atomic::{AtomicU8, Ordering::Relaxed};
 use std::alloc::{GlobalAlloc, Layout};
 
 /// Which way an instance accounts Arrow claims ([`arrow_buffer::MemoryPool`]): charged to
@@ -66,6 +67,23 @@ pub enum PoolRole {
 const STANDALONE: u8 = 1;
 const GLOBAL: u8 = 2;
 
+/// The Arrow pool's state in each [`LimitedAllocator`] (a field behind `feature = "arrow"`,
+/// kept out of the budget's core): the [`PoolRole`] in force.
+#[derive(Debug)]
+pub(crate) struct ArrowState {
+    /// 0 while [`PoolRole::Auto`] has not decided yet, else [`STANDALONE`] or [`GLOBAL`].
+    /// Relaxed: a setting read on its own; the probe that decides it may run twice.
+    role: AtomicU8,
+}
+
+impl ArrowState {
+    pub(crate) const fn new() -> Self {
+        Self {
+            role: AtomicU8::new(0),
+        }
+    }
+}
+
 impl<A: GlobalAlloc> LimitedAllocator<A> {
     /// Sets how claims made through the Arrow [`MemoryPool`] interface are accounted.
     /// [`PoolRole::Auto`] (the default) probes on the next use. Claims already made keep the
@@ -93,7 +111,7 @@ impl<A: GlobalAlloc> LimitedAllocator<A> {
             PoolRole::Standalone => STANDALONE,
             PoolRole::Global => GLOBAL,
         };
-        self.core().set_pool_role_code(code);
+        self.arrow_state().role.store(code, Relaxed);
     }
 
     /// The role in effect for new claims: [`PoolRole::Standalone`] or [`PoolRole::Global`],
@@ -108,13 +126,13 @@ impl<A: GlobalAlloc> LimitedAllocator<A> {
     /// assert_eq!(pool.pool_role(), PoolRole::Global);
     /// ```
     pub fn pool_role(&self) -> PoolRole {
-        match self.core().pool_role_code() {
+        match self.arrow_state().role.load(Relaxed) {
             STANDALONE => PoolRole::Standalone,
             GLOBAL => PoolRole::Global,
             _ => {
                 let global = self.probe_is_global();
-                self.core()
-                    .set_pool_role_code(if global { GLOBAL } else { STANDALONE });
+                let code = if global { GLOBAL } else { STANDALONE };
+                self.arrow_state().role.store(code, Relaxed);
                 if global {
                     PoolRole::Global
                 } else {
@@ -185,8 +203,8 @@ impl PoolClaim {
             Post {
                 added: charged(added),
                 returned: charged(returned),
-                claimed: added,
-                unclaimed: returned,
+                attributed: added,
+                unattributed: returned,
                 ..Post::default()
             },
         );
@@ -240,7 +258,7 @@ impl<A: GlobalAlloc + Send + Sync> MemoryPool for LimitedAllocator<A> {
             if charged {
                 self.core().charge_unchecked(size);
             }
-            self.core().add_claimed(size);
+            self.core().add_attributed(size);
         }
         Box::new(PoolClaim {
             mailbox,

@@ -70,7 +70,7 @@ use super::overdraft::{Overdraft, OverdraftCounts};
 use super::registry::{self, SLOTS};
 use super::thread_cache::{self, unusual, Entry, EntryAt, ThreadCache};
 use super::token::{AtomicToken, Token};
-use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicU8, AtomicUsize, Ordering::*};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering::*};
 use crate::pressure::{PressureLevel, PressureThresholds};
 use crossbeam_utils::CachePadded;
 
@@ -120,6 +120,16 @@ struct Hot {
 #[cfg(target_pointer_width = "64")]
 const _: () = assert!(core::mem::offset_of!(Hot, thresholds) == 64);
 
+/// A byte count that may dip below zero for a moment (two racing updates applied in the
+/// other order) read as 0 while it does, instead of as a wrapped, huge number.
+const fn settled(count: usize) -> usize {
+    if count > isize::MAX as usize {
+        0
+    } else {
+        count
+    }
+}
+
 /// The least `used` with `used / limit >= bp / 10_000`, i.e. `used * 10_000 >= bp * limit`:
 /// `ceil(bp * limit / 10_000)`, exact in `u128`. A threshold of at most 100 % (all that
 /// `PressureThresholds::new` accepts) has a cut point of at most `limit`; one that cannot
@@ -158,9 +168,8 @@ struct Cold {
     largest_refusal: AtomicUsize,
     inner_failures: AtomicU64,
     reserved: AtomicUsize,
-    claimed: AtomicUsize,
-    /// The Arrow pool role (see `arrow`): 0 undecided, else a `PoolRole` code.
-    pool_role: AtomicU8,
+    /// Bytes attributed by a shell without a charge (the Arrow pool's claims).
+    attributed: AtomicUsize,
     /// A panicking thread's emergency allowance above the limit.
     overdraft: Overdraft,
 }
@@ -213,7 +222,7 @@ pub(crate) struct Counts {
     pub largest_refusal: usize,
     pub inner_failures: u64,
     pub reserved: usize,
-    pub claimed: usize,
+    pub attributed: usize,
     pub overdraft: OverdraftCounts,
 }
 
@@ -272,8 +281,7 @@ impl Core {
                 largest_refusal: AtomicUsize::new(0),
                 inner_failures: AtomicU64::new(0),
                 reserved: AtomicUsize::new(0),
-                claimed: AtomicUsize::new(0),
-                pool_role: AtomicU8::new(0),
+                attributed: AtomicUsize::new(0),
                 overdraft: Overdraft::new(),
             }),
         }
@@ -501,8 +509,11 @@ impl Core {
             refused_bytes: c.refused_bytes.load(Relaxed),
             largest_refusal: c.largest_refusal.load(Relaxed),
             inner_failures: c.inner_failures.load(Relaxed),
-            reserved: c.reserved.load(Relaxed),
-            claimed: c.claimed.load(Relaxed),
+            // A drop that takes a reservation's headroom can be counted a moment before a
+            // racing free's give-back is: the sum dips below 0 (wraps) for that moment.
+            // Read as 0 then rather than as 16 EiB.
+            reserved: settled(c.reserved.load(Relaxed)),
+            attributed: c.attributed.load(Relaxed),
             overdraft: c.overdraft.counts(),
         }
     }

@@ -40,8 +40,8 @@ pub(crate) struct Slot {
     /// generation is from before a reset and is discarded.
     peak_gen: AtomicUsize,
     hold: AtomicUsize,
-    claimed: AtomicUsize,
-    unclaimed: AtomicUsize,
+    attributed: AtomicUsize,
+    unattributed: AtomicUsize,
 }
 
 impl Slot {
@@ -57,8 +57,8 @@ impl Slot {
             peak: AtomicUsize::new(0),
             peak_gen: AtomicUsize::new(0),
             hold: AtomicUsize::new(0),
-            claimed: AtomicUsize::new(0),
-            unclaimed: AtomicUsize::new(0),
+            attributed: AtomicUsize::new(0),
+            unattributed: AtomicUsize::new(0),
         }
     }
 }
@@ -81,10 +81,11 @@ pub(crate) struct Post {
     pub peak_gen: usize,
     /// Hold allowance to give back to the instance's pool of holds (an exited thread's).
     pub hold: usize,
-    /// Bytes newly claimed / released through the Arrow pool interface (attribution for
-    /// `pool_claimed_bytes`, separate from the charge).
-    pub claimed: usize,
-    pub unclaimed: usize,
+    /// Bytes a shell attributes to the instance, or stops attributing, without charging
+    /// them (the Arrow pool's claims, `AllocatorStats::pool_claimed_bytes`): a count the
+    /// core carries for it, posted here because the claim may outlive the instance.
+    pub attributed: usize,
+    pub unattributed: usize,
 }
 
 impl Post {
@@ -172,8 +173,8 @@ pub(crate) fn post(index: usize, id: u64, post: Post) {
             slot.peak.fetch_max(post.peak, Ordering::Relaxed);
         }
         add(&slot.hold, post.hold);
-        add(&slot.claimed, post.claimed);
-        add(&slot.unclaimed, post.unclaimed);
+        add(&slot.attributed, post.attributed);
+        add(&slot.unattributed, post.unattributed);
         // Release: pairs with the Acquire swap in `take`, so an owner that sees the flag
         // set also sees the counts added above (it then swaps them out, Relaxed).
         slot.dirty.store(true, Ordering::Release);
@@ -224,8 +225,8 @@ fn take_all(slot: &Slot) -> Post {
         peak: slot.peak.swap(0, Ordering::Relaxed),
         peak_gen,
         hold: slot.hold.swap(0, Ordering::Relaxed),
-        claimed: slot.claimed.swap(0, Ordering::Relaxed),
-        unclaimed: slot.unclaimed.swap(0, Ordering::Relaxed),
+        attributed: slot.attributed.swap(0, Ordering::Relaxed),
+        unattributed: slot.unattributed.swap(0, Ordering::Relaxed),
     }
 }
 

@@ -105,7 +105,14 @@ impl ReservationState {
     /// frees outside (which the reservation cannot see) cannot leave it counted forever.
     pub(crate) fn left(&self) {
         if self.frames.fetch_sub(1, Relaxed) == 1 {
-            self.used.store(0, Relaxed);
+            // Take away what was counted until now rather than store 0: a thread entering
+            // at this moment may already have counted its first allocation, which stays.
+            // (Its frees inside may also have taken some of the old count: then less is
+            // taken here, never more than there is.)
+            let counted = self.used.load(Relaxed);
+            let _ = self
+                .used
+                .fetch_update(Relaxed, Relaxed, |u| Some(u.saturating_sub(counted)));
         }
     }
 

@@ -370,14 +370,14 @@ impl Core {
                 .peak
                 .fetch_max(post.peak.min(self.peak_cap()), Relaxed);
         }
-        if post.claimed > post.unclaimed {
+        if post.attributed > post.unattributed {
             self.cold
-                .claimed
-                .fetch_add(post.claimed - post.unclaimed, Relaxed);
-        } else if post.unclaimed > post.claimed {
+                .attributed
+                .fetch_add(post.attributed - post.unattributed, Relaxed);
+        } else if post.unattributed > post.attributed {
             self.cold
-                .claimed
-                .fetch_sub(post.unclaimed - post.claimed, Relaxed);
+                .attributed
+                .fetch_sub(post.unattributed - post.attributed, Relaxed);
         }
     }
 

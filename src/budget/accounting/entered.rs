@@ -112,19 +112,9 @@ impl Core {
         self.cold.reserved.fetch_sub(bytes, Relaxed);
     }
 
-    #[cfg_attr(not(feature = "arrow"), allow(dead_code))] // the Arrow pool
-    pub(crate) fn add_claimed(&self, bytes: usize) {
-        self.cold.claimed.fetch_add(bytes, Relaxed);
-    }
-
-    /// The Arrow pool role code (0 = not decided yet).
-    #[cfg_attr(not(feature = "arrow"), allow(dead_code))] // the Arrow pool
-    pub(crate) fn pool_role_code(&self) -> u8 {
-        self.cold.pool_role.load(Relaxed)
-    }
-
-    #[cfg_attr(not(feature = "arrow"), allow(dead_code))] // the Arrow pool
-    pub(crate) fn set_pool_role_code(&self, code: u8) {
-        self.cold.pool_role.store(code, Relaxed);
+    /// Attributes `bytes` to the instance without charging them (see `Post::attributed`).
+    #[cfg_attr(not(feature = "arrow"), allow(dead_code))] // the Arrow pool's claims
+    pub(crate) fn add_attributed(&self, bytes: usize) {
+        self.cold.attributed.fetch_add(bytes, Relaxed);
     }
 }
