@@ -8,7 +8,8 @@
 //! (`getenv`, which does not allocate), and the benchmark runs each side in a child
 //! process. The parent alternates the children round by round (so the noise of a shared
 //! machine falls on both alike) and prints each query's median time per side and the
-//! ratio. `DF_BENCH_ROUNDS` sets the rounds (default 5), `DF_BENCH_CRITERION=1` also runs
+//! ratio, with the spill files each side wrote. `DF_BENCH_ROUNDS` sets the rounds (default
+//! 5), `DF_BENCH_FACTOR` the limit (see [`HEADROOM_FACTOR`]), `DF_BENCH_CRITERION=1` also runs
 //! criterion's own report inside each child. Under `cargo test --benches` each query runs
 //! once per side, as a smoke test.
 //!
@@ -20,7 +21,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::datasource::MemTable;
 use datafusion::execution::memory_pool::{FairSpillPool, MemoryPool};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
-use datafusion::physical_plan::execute_stream;
+use datafusion::physical_plan::{execute_stream, ExecutionPlan};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use futures::StreamExt;
 use limited_allocator::datafusion::DataFusionPool;
@@ -107,8 +108,10 @@ static GLOBAL: Switch = Switch;
 
 const ROWS: i64 = 1 << 20;
 const BATCH: i64 = 8192;
-/// The limit: the tables plus this multiple of their size, so the queries run with room
-/// (no spills) and both pools grant the same.
+/// The limit: the tables plus this multiple of their size (`DF_BENCH_FACTOR` sets another).
+/// At 3 the sort and the join run without spilling on both sides; the aggregate spills
+/// under `DataFusionPool` only (its copy room makes the share smaller than
+/// `FairSpillPool`'s), which the spill-files column shows. At 6 nothing spills.
 const HEADROOM_FACTOR: f64 = 3.0;
 
 const QUERIES: [(&str, &str); 3] = [
@@ -173,7 +176,11 @@ fn side() -> Side {
         .build()
         .expect("tokio runtime");
     let (t, d, table_bytes) = tables();
-    let headroom = (table_bytes as f64 * HEADROOM_FACTOR) as usize;
+    let factor = std::env::var("DF_BENCH_FACTOR")
+        .ok()
+        .map(|f| f.parse::<f64>().expect("DF_BENCH_FACTOR is a number"))
+        .unwrap_or(HEADROOM_FACTOR);
+    let headroom = (table_bytes as f64 * factor) as usize;
     let limited = Switch::limited();
     let pool: Arc<dyn MemoryPool> = if limited {
         LIMITED.set_limit(LIMITED.allocated_bytes() + headroom);
@@ -203,7 +210,14 @@ fn side() -> Side {
     }
 }
 
-fn run_query(side: &Side, sql: &str) -> u64 {
+/// Spill files written by `plan` and its children.
+fn spills(plan: &Arc<dyn ExecutionPlan>) -> usize {
+    let own = plan.metrics().and_then(|m| m.spill_count()).unwrap_or(0);
+    own + plan.children().into_iter().map(spills).sum::<usize>()
+}
+
+/// Runs `sql` to the end; returns (rows, spill files).
+fn run_query(side: &Side, sql: &str) -> (u64, usize) {
     side.rt.block_on(async {
         let plan = side
             .ctx
@@ -213,12 +227,13 @@ fn run_query(side: &Side, sql: &str) -> u64 {
             .create_physical_plan()
             .await
             .expect("physical plan");
-        let mut stream = execute_stream(plan, side.ctx.task_ctx()).expect("stream");
+        let mut stream = execute_stream(plan.clone(), side.ctx.task_ctx()).expect("stream");
         let mut rows = 0u64;
         while let Some(batch) = stream.next().await {
             rows += batch.expect("a batch").num_rows() as u64;
         }
-        rows
+        drop(stream);
+        (rows, spills(&plan))
     })
 }
 
@@ -238,6 +253,9 @@ fn main() {
     let exe = std::env::current_exe().expect("the bench binary");
     let mut times: Vec<[Vec<Duration>; 2]> = QUERIES.iter().map(|_| [vec![], vec![]]).collect();
     let mut names = ["", ""];
+    // The most spill files a run of each query wrote, per side: the sides compare only
+    // where they did the same work.
+    let mut spill_files = [[0usize; 2]; QUERIES.len()];
     for round in 0..rounds {
         for (s, system) in [false, true].into_iter().enumerate() {
             let mut cmd = Command::new(&exe);
@@ -265,6 +283,7 @@ fn main() {
                         "Limited+DataFusionPool"
                     };
                     times[q][s].push(Duration::from_nanos(f[1].parse().expect("nanos")));
+                    spill_files[q][s] = spill_files[q][s].max(f[2].parse().expect("spills"));
                 } else {
                     println!("{line}");
                 }
@@ -275,7 +294,7 @@ fn main() {
         "\nDataFusion queries, {ROWS} rows, median of {rounds} rounds (each the best of 3 runs):"
     );
     println!(
-        "{:<10} {:>24} {:>24} {:>8}",
+        "{:<10} {:>24} {:>24} {:>8}  spill files",
         "query", names[0], names[1], "ratio"
     );
     for (q, (name, _)) in QUERIES.iter().enumerate() {
@@ -285,10 +304,12 @@ fn main() {
         };
         let (a, b) = (med(&mut times[q][0]), med(&mut times[q][1]));
         println!(
-            "{name:<10} {:>21.1} ms {:>21.1} ms {:>8.3}",
+            "{name:<10} {:>21.1} ms {:>21.1} ms {:>8.3}  {} / {}",
             a.as_secs_f64() * 1e3,
             b.as_secs_f64() * 1e3,
-            a.as_secs_f64() / b.as_secs_f64()
+            a.as_secs_f64() / b.as_secs_f64(),
+            spill_files[q][0],
+            spill_files[q][1]
         );
     }
 }
@@ -311,14 +332,16 @@ fn child() {
     }
     for (name, sql) in QUERIES {
         let runs = if smoke { 1 } else { 3 };
+        let mut spilled = 0;
         let best = (0..runs)
             .map(|_| {
                 let started = Instant::now();
-                std::hint::black_box(run_query(&side, sql));
+                let (_, files) = std::hint::black_box(run_query(&side, sql));
+                spilled = spilled.max(files);
                 started.elapsed()
             })
             .min()
             .expect("at least one run");
-        println!("DFBENCH {name} {}", best.as_nanos());
+        println!("DFBENCH {name} {} {spilled}", best.as_nanos());
     }
 }

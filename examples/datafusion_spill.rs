@@ -5,7 +5,9 @@
 //! cargo run --release --example datafusion_spill --features datafusion [LIMIT]
 //! ```
 //! `LIMIT` (default `160MiB`) is the allocator's hard limit, the only number given; the
-//! generated table takes about 84 MB of it.
+//! generated table takes 72 MiB of it, shared by both runs. Measured (release, 2 cores):
+//! the sort peaks at 138 MiB unlimited and 104 MiB under 160 MiB (7 spill files), the
+//! group-by at 162 MiB and 101 MiB (15 spill files), both with the unlimited run's checksum.
 
 use datafusion::arrow::array::{Array, Int64Array, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
@@ -88,7 +90,12 @@ fn spills(plan: &Arc<dyn ExecutionPlan>) -> usize {
     own + plan.children().into_iter().map(spills).sum::<usize>()
 }
 
-fn context(pool: Option<Arc<DataFusionPool>>) -> Result<SessionContext, DataFusionError> {
+/// A session over `table`, with the pool (and its settings) when there is one. Both sessions
+/// share the one table, so the limited run's room is the limit less one table.
+fn context(
+    pool: Option<Arc<DataFusionPool>>,
+    table: Arc<MemTable>,
+) -> Result<SessionContext, DataFusionError> {
     let mut runtime = RuntimeEnvBuilder::new();
     let mut config = SessionConfig::new().with_target_partitions(2);
     if let Some(pool) = pool {
@@ -97,7 +104,7 @@ fn context(pool: Option<Arc<DataFusionPool>>) -> Result<SessionContext, DataFusi
         config = limited_allocator::datafusion::configure(config);
     }
     let ctx = SessionContext::new_with_config_rt(config, runtime.build_arc()?);
-    ctx.register_table("t", Arc::new(table()))?;
+    ctx.register_table("t", table)?;
     Ok(ctx)
 }
 
@@ -109,13 +116,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build()?;
 
     let before = ALLOC.allocated_bytes();
-    let unlimited = context(None)?;
+    let table = Arc::new(table());
     println!(
         "table: {} in memory",
         ByteSize(ALLOC.allocated_bytes() - before)
     );
+    let unlimited = context(None, table.clone())?;
     let pool = Arc::new(DataFusionPool::new(&ALLOC));
-    let limited = context(Some(pool.clone()))?;
+    let limited = context(Some(pool.clone()), table)?;
 
     for (name, sql) in QUERIES {
         ALLOC.reset_peak();
