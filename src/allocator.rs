@@ -1,10 +1,10 @@
 //! [`LimitedAllocator`]: the `GlobalAlloc` wrapper and its public API.
 
 use crate::budget::{Core, Mode};
+use crate::budget::{Op, Spent};
 use crate::error::{percent, LimitExceeded};
 use crate::reservation::Reservation;
 use crate::stats::AllocatorStats;
-use crate::budget::{Op, Spent};
 use crate::{PressureLevel, PressureThresholds};
 use core::fmt;
 use std::alloc::{GlobalAlloc, Layout, System};

@@ -5,16 +5,9 @@
 #![deny(missing_docs)]
 #![warn(unsafe_op_in_unsafe_fn, unreachable_pub, missing_debug_implementations)]
 
-/// Leaves everything but the concurrency protocols (written against the `sync` shim, in
-/// `budget`) out of a loom build (`--cfg loom`, the model checks of `.ci/run`).
-macro_rules! not_in_loom_builds {
-    ($($item:item)*) => { $( #[cfg(not(loom))] $item )* };
-}
-
 // The accounting core: private; the public shells below are built on it.
 mod budget;
 
-not_in_loom_builds! {
 mod allocator;
 mod error;
 mod release;
@@ -56,7 +49,6 @@ pub use reservation::{EnterError, EnterGuard, Overflow, Reservation};
 pub use scope::Scoped;
 pub use stats::AllocatorStats;
 pub use units::ByteSize;
-}
 
 // The guides' code blocks are compiled and run as doctests too (never documented: the
 // guides are linked from the crate doc, not part of it). docs/services.md is not among

@@ -15,8 +15,9 @@
 //! at once is not copied (its message takes its normal way).
 
 use core::fmt::{self, Write};
-use core::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering::Acquire,
-    Ordering::Relaxed, Ordering::Release};
+use core::sync::atomic::{
+    AtomicBool, AtomicU8, AtomicUsize, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
+};
 
 /// The bytes of a message kept: a message and its location fit in far less.
 pub const KEPT_BYTES: usize = 1024;

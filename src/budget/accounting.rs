@@ -70,8 +70,8 @@ use super::overdraft::{Overdraft, OverdraftCounts};
 use super::registry::{self, SLOTS};
 use super::thread_cache::{self, unusual, Entry, EntryAt, ThreadCache};
 use super::token::{AtomicToken, Token};
-use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering::*};
 use crate::pressure::{PressureLevel, PressureThresholds};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering::*};
 use crossbeam_utils::CachePadded;
 
 mod charge;
@@ -593,7 +593,10 @@ mod tests {
             assert!(!p.is_null());
             a.dealloc(p, big);
         }
-        assert!(a.core().own_hold() > 0, "the posted holds were not absorbed");
+        assert!(
+            a.core().own_hold() > 0,
+            "the posted holds were not absorbed"
+        );
         assert_eq!(a.allocated_bytes(), 0);
     }
 
@@ -688,7 +691,10 @@ mod tests {
                 }
             }
         }
-        assert_eq!(Core::new(0, Mode::Credit).level_of(0), PressureLevel::Critical);
+        assert_eq!(
+            Core::new(0, Mode::Credit).level_of(0),
+            PressureLevel::Critical
+        );
     }
 
     /// The cut points follow the limit and the thresholds, also when both change at once on

@@ -41,13 +41,12 @@
 //! | `overdraft` | a panicking thread's bounded emergency allowance |
 //! | `report` | the one rate-limited refusal line on stderr |
 
-// The concurrency protocols, written against the `sync` shim: all that a loom build
-// compiles (loom-models/ includes these three files by path).
+// The concurrency protocols, written against the `sync` shim: loom-models/ includes these
+// three files by path and model-checks them (this crate is never built with --cfg loom).
 mod credit_pool;
 mod pin;
 mod sync;
 
-not_in_loom_builds! {
 mod accounting;
 mod overdraft;
 pub(crate) mod registry;
@@ -62,4 +61,3 @@ pub(crate) use report::growing_to;
 pub use reservation_state::Overflow;
 pub(crate) use reservation_state::ReservationState;
 pub(crate) use thread_cache::{Op, Spent};
-}

@@ -21,7 +21,6 @@
 use super::tuning::DEFAULT_OVERDRAFT;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 
-
 /// The overdraft's setting and counters (one per instance).
 pub(crate) struct Overdraft {
     allowance: AtomicUsize,

@@ -25,7 +25,6 @@ use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 /// means "no slot"). The first [`CACHED_SLOTS`] also index the per-thread credit caches.
 pub(crate) const SLOTS: usize = 1023;
 
-
 /// One slot of the table: who owns it and what has been posted for it.
 pub(crate) struct Slot {
     pin: Pin,
@@ -91,7 +90,10 @@ pub(crate) struct Post {
 impl Post {
     /// Nothing to apply (the generation alone tags no peak).
     pub(crate) fn is_empty(&self) -> bool {
-        Post { peak_gen: 0, ..*self } == Post::default()
+        Post {
+            peak_gen: 0,
+            ..*self
+        } == Post::default()
     }
 }
 

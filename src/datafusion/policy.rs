@@ -256,7 +256,10 @@ mod tests {
     fn kinds_follow_the_spill_flag_and_the_name() {
         assert_eq!(Kind::of("RepartitionExec[1]", true), Kind::InFlight);
         assert_eq!(Kind::of("ExternalSorter[0]", true), Kind::Spillable);
-        assert_eq!(Kind::of("RepartitionExec[Merge 0]", false), Kind::Unspillable);
+        assert_eq!(
+            Kind::of("RepartitionExec[Merge 0]", false),
+            Kind::Unspillable
+        );
         assert_eq!(Kind::of("HashJoinInput", false), Kind::Unspillable);
     }
 

@@ -36,12 +36,12 @@
 //! they do not fit) and refuse with `Report::Silent`: the caller has the error.
 
 use super::{Carved, Core, NoRoom, Report, NO_BATCH};
+use crate::budget::credit_pool;
 use crate::budget::overdraft;
 use crate::budget::report::{self, Refused};
 use crate::budget::reservation_state::ReservationState;
 use crate::budget::thread_cache::{self, Entry, Op, Spent, ThreadCache};
 use crate::budget::tuning::{DIRECT_MIN, HEADROOM_SHARE, HOLD_MAX, HOLD_SHARE, MAX_BATCH};
-use crate::budget::credit_pool;
 use core::sync::atomic::Ordering::Relaxed;
 
 impl Core {
@@ -379,8 +379,14 @@ impl Core {
     pub(super) fn take_from_budget(&self, need: usize, batch_cap: usize) -> Option<Carved> {
         let carve = || {
             let limit = self.limit();
-            credit_pool::carve(&self.charged, limit, need, HEADROOM_SHARE, MAX_BATCH.min(batch_cap))
-                .map(|(taken, after)| Carved { taken, after })
+            credit_pool::carve(
+                &self.charged,
+                limit,
+                need,
+                HEADROOM_SHARE,
+                MAX_BATCH.min(batch_cap),
+            )
+            .map(|(taken, after)| Carved { taken, after })
         };
         match carve() {
             Some(carved) => Some(carved),
@@ -529,5 +535,4 @@ impl Core {
             report::refusal(size, current, limit, Refused::Alloc);
         }
     }
-
 }

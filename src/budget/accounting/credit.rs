@@ -13,9 +13,13 @@ use super::{own_entry_in, Core};
 use crate::budget::registry::{self, Post, Prefer, SLOTS};
 use crate::budget::thread_cache::{self, Entry, ThreadCache};
 use crate::budget::token::{Side, Token};
-use crate::budget::tuning::{CACHED_SLOTS, CREDIT_SHARE, HOLD_MAX, HOLD_SHARE, HOLD_UNIT, THREAD_SHARE};
+use crate::budget::tuning::{
+    CACHED_SLOTS, CREDIT_SHARE, HOLD_MAX, HOLD_SHARE, HOLD_UNIT, THREAD_SHARE,
+};
 use core::sync::atomic::{
-    AtomicBool, AtomicU64, Ordering::{AcqRel, Acquire, Relaxed, Release}};
+    AtomicBool, AtomicU64,
+    Ordering::{AcqRel, Acquire, Relaxed, Release},
+};
 
 impl Core {
     /// Registers the instance in the slot table on first use; returns its token.
