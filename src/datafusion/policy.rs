@@ -41,6 +41,11 @@ impl Kind {
             Self::Spillable
         }
     }
+
+    /// Whether DataFusion registered the consumer as one that spills.
+    pub(super) fn can_spill(self) -> bool {
+        self != Self::Unspillable
+    }
 }
 
 /// One `try_grow` as the rule sees it.

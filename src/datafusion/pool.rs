@@ -74,7 +74,6 @@ struct State {
 
 struct Live {
     name: String,
-    can_spill: bool,
     kind: Kind,
     reserved: usize,
 }
@@ -269,7 +268,6 @@ impl State {
     fn live(&mut self, consumer: &MemoryConsumer) -> &mut Live {
         self.live.entry(consumer.id()).or_insert_with(|| Live {
             name: consumer.name().to_string(),
-            can_spill: consumer.can_spill(),
             kind: Kind::of(consumer.name(), consumer.can_spill()),
             reserved: 0,
         })
@@ -290,13 +288,12 @@ impl State {
     fn add(&mut self, consumer: &MemoryConsumer, bytes: usize) {
         let live = self.live(consumer);
         live.reserved = live.reserved.saturating_add(bytes);
-        let (held, can_spill, kind) = (live.reserved, live.can_spill, live.kind);
-        let name = live.name.clone();
+        let (held, kind, name) = (live.reserved, live.kind, live.name.clone());
         let sum = self.sum_of(kind);
         *sum = sum.saturating_add(bytes);
         self.peak_reserved = self.peak_reserved.max(self.reserved());
         self.grants += 1;
-        let named = self.named(&name, can_spill);
+        let named = self.named(&name, kind.can_spill());
         named.reserved = named.reserved.saturating_add(bytes);
         named.peak_reserved = named.peak_reserved.max(held);
         named.grants += 1;
@@ -308,10 +305,10 @@ impl State {
         // caller does.
         let bytes = bytes.min(live.reserved);
         live.reserved -= bytes;
-        let (can_spill, kind, name) = (live.can_spill, live.kind, live.name.clone());
+        let (kind, name) = (live.kind, live.name.clone());
         let sum = self.sum_of(kind);
         *sum = sum.saturating_sub(bytes);
-        let named = self.named(&name, can_spill);
+        let named = self.named(&name, kind.can_spill());
         named.reserved = named.reserved.saturating_sub(bytes);
     }
 }
@@ -360,11 +357,12 @@ impl<A: GlobalAlloc + Send + Sync> MemoryPool for DataFusionPool<A> {
         // reservation (an aggregate's merge of spill files beside its own state) copies
         // what each part holds, and FairSpillPool judges the same figure.
         let held = reservation.size();
+        let kind = state.live(consumer).kind;
         let view = self.view(&state);
         let ask = Ask {
             requested: additional,
             held,
-            kind: Kind::of(consumer.name(), consumer.can_spill()),
+            kind,
         };
         match policy::decide(ask, &view) {
             Ok(()) => {
