@@ -67,15 +67,16 @@ pub(crate) fn refusal(requested: usize, current: usize, limit: usize, what: Refu
     let suppressed = SUPPRESSED.swap(0, Ordering::Relaxed);
     let growing_to = GROWING_TO.try_with(Cell::get).unwrap_or(0);
     let mut line = StackLine::new();
-    // Formatting only fails when the line is full; a cut line is still worth writing.
-    let _ = match what {
-        Refused::Alloc => {
-            write_refusal(&mut line, requested, growing_to, current, limit, suppressed)
-        }
-        Refused::Reservation { headroom, used } => {
-            write_reservation_refusal(&mut line, requested, growing_to, headroom, used, suppressed)
-        }
+    let facts = Facts {
+        requested,
+        growing_to,
+        current,
+        limit,
+        what,
+        suppressed,
     };
+    // Formatting only fails when the line is full; a cut line is still worth writing.
+    let _ = write_refusal(&mut line, &facts);
     line.finish_and_write();
 }
 
@@ -114,65 +115,47 @@ fn take_token(bucket: &AtomicU64, now: u64) -> bool {
     }
 }
 
-/// What a refused request was, for the line: a realloc names its full new size too.
-fn write_request(out: &mut StackLine, requested: usize, growing_to: usize) -> fmt::Result {
-    if growing_to > requested {
-        write!(
-            out,
-            "{} (the growth of a realloc to {})",
-            Exact(requested),
-            Exact(growing_to)
-        )
-    } else {
-        write!(out, "{}", Exact(requested))
-    }
-}
-
-fn write_suppressed(out: &mut StackLine, suppressed: u64) -> fmt::Result {
-    if suppressed > 0 {
-        write!(out, "; {suppressed} earlier refusals not shown")?;
-    }
-    Ok(())
-}
-
-fn write_reservation_refusal(
-    out: &mut StackLine,
+/// What a refusal line says.
+struct Facts {
     requested: usize,
-    growing_to: usize,
-    headroom: usize,
-    used: usize,
-    suppressed: u64,
-) -> fmt::Result {
-    out.write_str("limited-allocator: refused ")?;
-    write_request(out, requested, growing_to)?;
-    write!(
-        out,
-        " by the entered reservation's own budget (Overflow::Refuse): {} headroom left, {} used",
-        Exact(headroom),
-        Exact(used),
-    )?;
-    write_suppressed(out, suppressed)
-}
-
-fn write_refusal(
-    out: &mut StackLine,
-    requested: usize,
+    /// A realloc's full new size (0 for other requests).
     growing_to: usize,
     current: usize,
     limit: usize,
+    what: Refused,
+    /// Lines held back by the rate limit since the last one.
     suppressed: u64,
-) -> fmt::Result {
-    out.write_str("limited-allocator: refused ")?;
-    write_request(out, requested, growing_to)?;
-    write!(
-        out,
-        ": {} of the {} limit in use ({:.1}%), {} available",
-        Exact(current),
-        Exact(limit),
-        crate::error::percent(current, limit),
-        Exact(limit.saturating_sub(current)),
-    )?;
-    write_suppressed(out, suppressed)
+}
+
+/// `limited-allocator: refused <request><whose budget, its numbers>[; N earlier refusals
+/// not shown]`.
+fn write_refusal(out: &mut StackLine, f: &Facts) -> fmt::Result {
+    write!(out, "limited-allocator: refused {}", Exact(f.requested))?;
+    // A realloc names its full new size too.
+    if f.growing_to > f.requested {
+        write!(out, " (the growth of a realloc to {})", Exact(f.growing_to))?;
+    }
+    match f.what {
+        Refused::Alloc => write!(
+            out,
+            ": {} of the {} limit in use ({:.1}%), {} available",
+            Exact(f.current),
+            Exact(f.limit),
+            crate::error::percent(f.current, f.limit),
+            Exact(f.limit.saturating_sub(f.current)),
+        )?,
+        Refused::Reservation { headroom, used } => write!(
+            out,
+            " by the entered reservation's own budget (Overflow::Refuse): {} headroom left, \
+             {} used",
+            Exact(headroom),
+            Exact(used),
+        )?,
+    }
+    if f.suppressed > 0 {
+        write!(out, "; {} earlier refusals not shown", f.suppressed)?;
+    }
+    Ok(())
 }
 
 fn monotonic_ms() -> u64 {
@@ -227,10 +210,22 @@ impl Write for StackLine {
 mod tests {
     use super::*;
 
+    /// An allocation's refusal at 1900 of 2048 bytes.
+    fn alloc(requested: usize, growing_to: usize, suppressed: u64) -> Facts {
+        Facts {
+            requested,
+            growing_to,
+            current: 1900,
+            limit: 2048,
+            what: Refused::Alloc,
+            suppressed,
+        }
+    }
+
     #[test]
     fn line_names_the_numbers() {
         let mut line = StackLine::new();
-        write_refusal(&mut line, 4096, 0, 1900, 2048, 3).unwrap();
+        write_refusal(&mut line, &alloc(4096, 0, 3)).unwrap();
         let text = core::str::from_utf8(&line.buf[..line.len]).unwrap();
         assert_eq!(
             text,
@@ -242,7 +237,7 @@ mod tests {
     #[test]
     fn a_realloc_names_its_new_size_and_a_reservation_its_budget() {
         let mut line = StackLine::new();
-        write_refusal(&mut line, 3000, 4096, 1900, 2048, 0).unwrap();
+        write_refusal(&mut line, &alloc(3000, 4096, 0)).unwrap();
         let text = core::str::from_utf8(&line.buf[..line.len]).unwrap();
         assert!(
             text.starts_with(
@@ -252,7 +247,14 @@ mod tests {
             "{text}"
         );
         let mut line = StackLine::new();
-        write_reservation_refusal(&mut line, 300, 0, 200, 800, 0).unwrap();
+        let in_reservation = Facts {
+            what: Refused::Reservation {
+                headroom: 200,
+                used: 800,
+            },
+            ..alloc(300, 0, 0)
+        };
+        write_refusal(&mut line, &in_reservation).unwrap();
         let text = core::str::from_utf8(&line.buf[..line.len]).unwrap();
         assert_eq!(
             text,
