@@ -28,12 +28,7 @@ fn limit_holds_at_tight_budgets_with_many_threads() {
             1 + (r >> 8) as usize % (limit / 16)
         });
         assert!(refused > 0, "limit {limit} was never reached");
-        assert!(a.peak_bytes() <= limit, "peak {} > {limit}", a.peak_bytes());
-        // Every thread exited and returned its credit: the count is back to zero.
-        assert_eq!(a.allocated_bytes(), 0, "limit {limit}");
-        let s = a.stats();
-        assert_eq!(s.allocations, s.deallocations, "limit {limit}");
-        assert!(s.refusals >= refused as u64);
+        assert_back_at_zero(&a, limit, refused);
     }
 }
 

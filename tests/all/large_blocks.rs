@@ -115,11 +115,7 @@ fn large_blocks_hold_the_limit_on_many_threads() {
         if limit <= 3 << 20 {
             assert!(refused > 0, "limit {limit} was never reached");
         }
-        assert!(a.peak_bytes() <= limit, "peak {} > {limit}", a.peak_bytes());
-        assert_eq!(a.allocated_bytes(), 0, "limit {limit}");
-        let s = a.stats();
-        assert_eq!(s.allocations, s.deallocations, "limit {limit}");
-        assert!(s.refusals >= refused as u64);
+        assert_back_at_zero(&a, limit, refused);
     }
 }
 

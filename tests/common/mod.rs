@@ -95,3 +95,14 @@ pub fn churn_on_threads(
     });
     refused.load(SeqCst)
 }
+
+/// After a [`churn_on_threads`] run on `a` under `limit` that counted `refused` refusals:
+/// the peak stayed within the limit, and every thread exited and returned its credit, so
+/// nothing is charged and the counts match.
+pub fn assert_back_at_zero(a: &LimitedAllocator, limit: usize, refused: usize) {
+    assert!(a.peak_bytes() <= limit, "peak {} > {limit}", a.peak_bytes());
+    assert_eq!(a.allocated_bytes(), 0, "limit {limit}");
+    let s = a.stats();
+    assert_eq!(s.allocations, s.deallocations, "limit {limit}");
+    assert!(s.refusals >= refused as u64);
+}
