@@ -35,7 +35,8 @@ const COPY_PERCENT: u32 = 200;
 /// It grants a `try_grow` only when the allocator's *real* headroom, less a margin kept for
 /// DataFusion's unreserved allocations, can hold the growth plus a copy of what the
 /// consumer will hold (the copy a spill or an emit makes), and spillable consumers share the
-/// room fairly, as in `FairSpillPool`. See the [module docs](super) for the measurements.
+/// room fairly, as in `FairSpillPool`. The rule and the measurements behind the defaults are in
+/// [`docs/datafusion.md`](https://docs.rs/crate/limited-allocator/latest/source/docs/datafusion.md).
 ///
 /// ```
 /// use datafusion_execution::memory_pool::{MemoryConsumer, MemoryLimit, MemoryPool};
