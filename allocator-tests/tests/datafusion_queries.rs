@@ -206,7 +206,11 @@ fn child(query: &str) {
             datafusion::execution::memory_pool::FairSpillPool::new(size),
         ));
     }
-    let mut config = SessionConfig::new().with_target_partitions(2);
+    // DF_PARTITIONS: not used by the test (2, as its table in docs/datafusion.md); it lets the
+    // margin's measurement over more partitions be repeated.
+    let partitions =
+        std::env::var("DF_PARTITIONS").map_or(2, |p| p.parse().expect("DF_PARTITIONS"));
+    let mut config = SessionConfig::new().with_target_partitions(partitions);
     // The pool's companion settings (RepartitionExec's spill files: DataFusion 55.2 can
     // deadlock without it); DF_RAW_CONFIG=1 leaves them out, to show the hang.
     if pool.is_some() && std::env::var_os("DF_RAW_CONFIG").is_none() {

@@ -30,7 +30,10 @@ const COPY_PERCENT: u32 = 200;
 /// A DataFusion [`MemoryPool`] whose limit is the allocator's hard limit: install it with
 /// `RuntimeEnvBuilder::with_memory_pool` and the allocator's limit is the only number to
 /// give. A query then completes (spilling where its operators can) or fails with
-/// DataFusion's `ResourcesExhausted`; it does not abort the process.
+/// DataFusion's `ResourcesExhausted`; it does not abort the process. That holds above the
+/// query's own minimum: an operator that is refused emits or spills, which allocates, so the
+/// room over the data must exceed a few batches per partition (measured in
+/// `docs/datafusion.md`: 1.5 to 2 MiB per partition for a group-by at 8192-row batches).
 ///
 /// It grants a `try_grow` only when the allocator's *real* headroom, less a margin kept for
 /// DataFusion's unreserved allocations, can hold the growth plus a copy of what the
