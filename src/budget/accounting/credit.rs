@@ -169,7 +169,8 @@ impl Core {
             // A short pool may be full of holds that exited threads posted back: absorb
             // them and retry once, or this thread stays at hold 0 (one CAS per call) until
             // something else absorbs. `has_post` keeps the common case to one load.
-            if got < want - old && self.has_post() && self.absorb_posted_holds() {
+            if got < want - old && self.has_post() && self.take_posted().is_some_and(|p| p.hold > 0)
+            {
                 got += self.grow_hold(want - old - got);
             }
             if got > 0 {
@@ -308,7 +309,7 @@ impl Core {
     /// would be), and `registry::take` acquires what the poster released.
     #[inline]
     pub(super) fn absorb(&self) -> bool {
-        self.has_post() && self.absorb_posted()
+        self.has_post() && self.take_posted().is_some_and(|p| p.returned > p.added)
     }
 
     /// Whether something may have been posted to this instance's mailbox since it was last
@@ -321,35 +322,23 @@ impl Core {
         flag.load(Relaxed)
     }
 
-    /// [`absorb`](Self::absorb) once something was posted: out of line, so that readers
-    /// (`allocated_bytes`, `check_can_allocate`) pay only the poll when nothing was.
+    /// Takes and applies what was posted to this thread's slot: the post, or `None` when
+    /// nothing was. Out of line, so that readers (`allocated_bytes`, `check_can_allocate`)
+    /// pay only the poll when nothing was; [`absorb`](Self::absorb) asks whether bytes came
+    /// back, [`resize_hold`](Self::resize_hold) whether holds did.
     #[cold]
     #[inline(never)]
-    pub(super) fn absorb_posted(&self) -> bool {
+    fn take_posted(&self) -> Option<Post> {
         let slot = self.hot.token.load(Relaxed).slot();
         if slot >= SLOTS {
-            return false;
+            return None;
         }
         let post = registry::take(slot);
         if post.is_empty() {
-            return false;
+            return None;
         }
         self.apply(post);
-        post.returned > post.added
-    }
-
-    /// [`absorb_posted`](Self::absorb_posted) for [`resize_hold`](Self::resize_hold): true
-    /// when holds came back to the pool.
-    #[cold]
-    #[inline(never)]
-    pub(super) fn absorb_posted_holds(&self) -> bool {
-        let slot = self.hot.token.load(Relaxed).slot();
-        if slot >= SLOTS {
-            return false;
-        }
-        let post = registry::take(slot);
-        self.apply(post);
-        post.hold > 0
+        Some(post)
     }
 
     pub(super) fn apply(&self, post: Post) {
