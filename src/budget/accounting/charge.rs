@@ -296,7 +296,7 @@ impl Core {
 
     /// Hands back the credit above half the hold, if the credit is above the hold (the hold
     /// shrank below it): every entry's credit stays within its hold between calls, which is
-    /// what bounds all threads' credit together (see [`CREDIT_SHARE`]).
+    /// what bounds all threads' credit together (see [`CREDIT_SHARE`](crate::budget::tuning::CREDIT_SHARE)).
     #[inline]
     pub(super) fn keep_within_hold(&self, e: &Entry) {
         if e.credit() > e.hold() {
@@ -510,7 +510,7 @@ impl Core {
         }
     }
 
-    /// The most a peak may read now (see [`Overdraft::peak_cap`]).
+    /// The most a peak may read now (see [`Overdraft::peak_cap`](overdraft::Overdraft::peak_cap)).
     #[inline]
     pub(crate) fn peak_cap(&self) -> usize {
         self.cold.overdraft.peak_cap(self.limit())
